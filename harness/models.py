@@ -1,0 +1,284 @@
+"""Model registry and loading: published models with pinned revisions, random-weight and tiny builds.
+
+Every dimension is read from the loaded model's config (`Dims`), never from this file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+
+from harness.tokenizer import build_offline_tokenizer, corpus_digest, corpus_lines
+
+MODELS_DIR = Path(__file__).resolve().parent.parent / "fixtures" / "models"
+FAMILIES = ("mistral", "qwen2", "llama")
+DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+WEIGHTS = ("pretrained", "random")
+_SPEC_KEYS = {"hf_id", "revision", "family", "dtype", "variant", "base", "chat_template", "bos", "tiny", "config",
+              "sources"}
+
+
+class ModelUnavailable(RuntimeError):
+    """The weights of a model cannot be found; the message says which model, which revision and the fix."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    id: str
+    hf_id: str
+    revision: str
+    family: str
+    dtype: str
+    variant: str
+    config: str
+    chat_template: bool = False
+    bos: bool = True
+    tiny: bool = False
+    base: str | None = None
+    sources: tuple[str, ...] = ()
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return DTYPES[self.dtype]
+
+
+@dataclass(frozen=True)
+class Dims:
+    """The dimensions a claim may need, read from a model config."""
+
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    d_model: int
+
+    @classmethod
+    def from_config(cls, config: Any) -> Dims:
+        n_heads = int(config.num_attention_heads)
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // n_heads
+        return cls(
+            n_layers=int(config.num_hidden_layers),
+            n_heads=n_heads,
+            n_kv_heads=int(getattr(config, "num_key_value_heads", None) or n_heads),
+            head_dim=int(head_dim),
+            d_model=int(config.hidden_size),
+        )
+
+
+@dataclass
+class LoadedModel:
+    spec: ModelSpec
+    model: PreTrainedModel
+    tokenizer: Any
+    weights: str  # "pretrained" | "random" | "tiny"
+    resolved_revision: str
+    source: str
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def dims(self) -> Dims:
+        return Dims.from_config(self.model.config)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def id(self) -> str:
+        return self.spec.id
+
+    def describe(self) -> dict[str, Any]:
+        """The model's entry in the JSON report."""
+        return {
+            "id": self.spec.id,
+            "hf_id": self.spec.hf_id,
+            "requested_revision": self.spec.revision,
+            "resolved_revision": self.resolved_revision,
+            "source": self.source,
+            "dtype": str(self.model.dtype).removeprefix("torch."),
+            "weights": self.weights,
+            "attn_implementation": getattr(self.model.config, "_attn_implementation", None),
+            "device": str(self.device),
+            "dims": vars(self.dims),
+            **self.provenance,
+        }
+
+
+def load_registry(path: Path = MODELS_DIR / "registry.toml") -> dict[str, ModelSpec]:
+    """Read and validate the model registry; bad entries fail naming the file, the model and the key."""
+    raw = tomllib.loads(path.read_text(encoding="utf-8")).get("models", {})
+    specs: dict[str, ModelSpec] = {}
+    for model_id, entry in raw.items():
+        unknown = set(entry) - _SPEC_KEYS
+        if unknown:
+            raise ValueError(f"{path}: model {model_id!r} has unknown keys {sorted(unknown)}; allowed: {sorted(_SPEC_KEYS)}")
+        if entry.get("family") not in FAMILIES:
+            raise ValueError(f"{path}: model {model_id!r} family={entry.get('family')!r}; allowed: {FAMILIES}")
+        if entry.get("dtype") not in DTYPES:
+            raise ValueError(f"{path}: model {model_id!r} dtype={entry.get('dtype')!r}; allowed: {sorted(DTYPES)}")
+        specs[model_id] = ModelSpec(id=model_id, sources=tuple(entry.pop("sources", ())), **entry)
+    for spec in specs.values():
+        if spec.base is not None and spec.base not in specs:
+            raise ValueError(f"{path}: model {spec.id!r} names base {spec.base!r}, which is not in the registry")
+    return specs
+
+
+def get_spec(model_id: str, registry: dict[str, ModelSpec] | None = None) -> ModelSpec:
+    specs = registry if registry is not None else load_registry()
+    if model_id not in specs:
+        raise KeyError(f"unknown model {model_id!r}; known models: {', '.join(sorted(specs))}")
+    return specs[model_id]
+
+
+def architecture(spec: ModelSpec) -> dict[str, Any]:
+    path = MODELS_DIR / spec.config
+    if not path.exists():
+        raise FileNotFoundError(f"architecture file {path} for model {spec.id!r} is missing")
+    return dict(json.loads(path.read_text(encoding="utf-8")))
+
+
+def _digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _config_from(spec: ModelSpec, vocab_size: int | None = None) -> Any:
+    arch = architecture(spec)
+    if vocab_size is not None:
+        arch["vocab_size"] = vocab_size
+    model_type = arch.pop("model_type")
+    arch.pop("architectures", None)
+    return AutoConfig.for_model(model_type, **arch)
+
+
+def _from_config(config: Any, dtype: torch.dtype, device: str | torch.device, seed: int) -> PreTrainedModel:
+    torch.manual_seed(seed)
+    with torch.device(device):
+        try:
+            model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation="sdpa")
+        except TypeError:  # transformers 4.x spells it torch_dtype
+            model = AutoModelForCausalLM.from_config(config, torch_dtype=dtype, attn_implementation="sdpa")
+    return model.eval()
+
+
+def _perturb(model: PreTrainedModel, seed: int, scale: float = 0.15) -> None:
+    """Make a tiny 'instruct' twin: multiply every weight by (1 + scale * N(0, 1)), seeded."""
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    with torch.no_grad():
+        for param in model.parameters():
+            noise = torch.randn(param.shape, generator=gen).to(param.device, param.dtype)
+            param.mul_(1 + scale * noise)
+
+
+def build_tiny(spec: ModelSpec, directory: Path, seed: int = 0) -> Path:
+    """Build a tiny model from its config with seeded init, save model and tokenizer to `directory`."""
+    lines = corpus_lines()
+    tokenizer = build_offline_tokenizer(lines)
+    config = _config_from(spec, vocab_size=len(tokenizer))
+    config.bos_token_id, config.eos_token_id = tokenizer.bos_token_id, tokenizer.eos_token_id
+    config.pad_token_id = tokenizer.pad_token_id
+    model = _from_config(config, torch.float32, "cpu", seed)
+    if spec.base is not None:
+        _perturb(model, seed + 1)
+    directory.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    (directory / "harness_provenance.json").write_text(
+        json.dumps({"tiny_seed": seed, "tokenizer_corpus": corpus_digest(lines), "config": _digest(config.to_dict())}),
+        encoding="utf-8",
+    )
+    return directory
+
+
+def _local_revision(directory: Path) -> str:
+    """A resolved revision for a local directory: the hub snapshot sha if it is one, else a content hash."""
+    parts = directory.resolve().parts
+    if len(parts) >= 2 and parts[-2] == "snapshots":
+        return parts[-1]
+    marker = directory / "harness_provenance.json"
+    if marker.exists():
+        return "local:" + _digest(json.loads(marker.read_text(encoding="utf-8")))
+    config = directory / "config.json"
+    return "local:" + (hashlib.sha256(config.read_bytes()).hexdigest()[:12] if config.exists() else "unknown")
+
+
+def _from_pretrained(source: str, revision: str | None, dtype: torch.dtype, device: str, local_only: bool) -> Any:
+    kwargs: dict[str, Any] = {"revision": revision, "local_files_only": local_only, "attn_implementation": "sdpa"}
+    placement: dict[str, Any] = {"device_map": device} if device != "cpu" else {}
+    try:
+        return AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs, **placement).eval()
+    except TypeError:  # transformers 4.x spells it torch_dtype
+        return AutoModelForCausalLM.from_pretrained(source, torch_dtype=dtype, **kwargs, **placement).eval()
+
+
+def _how_to_provide(spec: ModelSpec) -> str:
+    return (
+        f"provide the weights of {spec.id!r} ({spec.hf_id} @ {spec.revision}) with --model-path {spec.id}=DIR, "
+        f"or place them in the Hugging Face cache and set HF_HUB_OFFLINE=1, or use --weights random"
+    )
+
+
+def load(
+    spec: ModelSpec,
+    *,
+    weights: str = "pretrained",
+    device: str = "cpu",
+    model_path: Path | None = None,
+    cache_dir: Path | None = None,
+    seed: int = 0,
+    allow_download: bool = False,
+) -> LoadedModel:
+    """Load a model as the claim needs it. Missing weights raise ModelUnavailable with the fix."""
+    if weights not in WEIGHTS:
+        raise ValueError(f"weights={weights!r}; allowed: {WEIGHTS}")
+    if spec.tiny and model_path is None:
+        if cache_dir is None:
+            raise ValueError(f"tiny model {spec.id!r} needs a cache_dir to be saved to and loaded from")
+        model_path = build_tiny(spec, cache_dir / spec.id, seed=seed)
+    if weights == "random" and not spec.tiny:
+        return _load_random(spec, device, seed)
+    local_only = allow_download is False or os.environ.get("HF_HUB_OFFLINE") == "1"
+    source = str(model_path) if model_path is not None else spec.hf_id
+    if model_path is not None and not model_path.is_dir():
+        raise ModelUnavailable(f"--model-path for {spec.id!r} is {model_path}, which is not a directory; "
+                               + _how_to_provide(spec))
+    revision = None if model_path is not None else spec.revision
+    try:
+        model = _from_pretrained(source, revision, spec.torch_dtype, device, local_only)
+        tokenizer = AutoTokenizer.from_pretrained(source, revision=revision, local_files_only=local_only)
+    except OSError as err:
+        raise ModelUnavailable(f"weights for {spec.id!r} not found ({err.__class__.__name__}: "
+                               f"{str(err).splitlines()[0]}); " + _how_to_provide(spec)) from err
+    if model.device.type != torch.device(device).type:
+        model = model.to(device)
+    resolved = _local_revision(Path(source)) if model_path is not None else str(
+        getattr(model.config, "_commit_hash", None) or spec.revision)
+    kind = "tiny" if spec.tiny else "pretrained"
+    return LoadedModel(spec, model, _prepared(tokenizer), kind, resolved, source)
+
+
+def _load_random(spec: ModelSpec, device: str, seed: int) -> LoadedModel:
+    """The published architecture at full size with seeded random weights and the offline tokenizer."""
+    lines = corpus_lines()
+    config = _config_from(spec)
+    model = _from_config(config, spec.torch_dtype, device, seed)
+    tokenizer = build_offline_tokenizer(lines)
+    resolved = f"random:seed{seed}:{_digest(architecture(spec))}"
+    provenance = {"tokenizer": f"harness-offline-bpe:{corpus_digest(lines)}", "random_seed": seed}
+    return LoadedModel(spec, model, _prepared(tokenizer), "random", resolved, f"fixtures/models/{spec.config}",
+                       provenance)
+
+
+def _prepared(tokenizer: Any) -> Any:
+    """Right padding for forward passes (positions stay exact); a pad token where the model has none."""
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "right"
+    return tokenizer
