@@ -1,0 +1,36 @@
+"""R_V contraction (Mistral-7B-Instruct-v0.2): as published, re-derived from the published table, and controls.
+
+On tiny or random-weight models these tests assert that each result is well formed; on the published weights
+they assert the criterion in fixtures/claims/rv_contraction.toml.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from harness.results import check
+from harness.rv import Context, rederive
+from harness.rv_controls import PROTOCOLS
+
+PUBLISHED = Path(__file__).resolve().parents[2] / "shared" / "published"
+
+pytestmark = pytest.mark.claim("rv_contraction")
+
+
+@pytest.mark.parametrize("protocol", list(PROTOCOLS))
+def test_rv_contraction(protocol, lm, claim, prompt_bank, harness_options, record_claim):
+    ctx = Context(claim, lm, prompt_bank, harness_options.seed, harness_options.batch_size)
+    result = PROTOCOLS[protocol](ctx)
+    record_claim(result)
+    check(result)
+
+
+def test_rederive(claim, record_claim):
+    if not (PUBLISHED / claim.published["data_file"]).exists():
+        pytest.skip(f"published data not found at {PUBLISHED}; the replay needs ../shared/published beside "
+                    "the checkout")
+    result = rederive(claim, PUBLISHED)
+    record_claim(result)
+    check(result)

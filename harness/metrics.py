@@ -1,0 +1,41 @@
+"""Activation-geometry metrics: participation ratio (as the source computed it, and centred) and R_V."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+NAN_FLOOR = 1e-10  # the source returns NaN when the summed eigenvalues fall below this
+
+
+def participation_ratio(x: torch.Tensor, rows: Sequence[int] | None = None, centred: bool = False) -> torch.Tensor:
+    """PR = (sum lambda)^2 / sum lambda^2 with lambda = s^2, the squared singular values of each window.
+
+    x: (batch, W, d) windows, rows beyond `rows[i]` are zero padding (zero rows leave the singular values of
+    the uncentred matrix unchanged). Returns (batch,) float32; NaN where sum lambda < 1e-10, as published.
+    Uncentred PR lies in [1, min(W, d)].
+    """
+    if x.ndim != 3:
+        raise ValueError(f"participation_ratio expects (batch, window, width); got shape {tuple(x.shape)}")
+    x = x.float()
+    if centred:
+        x = _centre(x, rows)
+    s2 = torch.linalg.svdvals(x).pow(2)  # (batch, min(W, d))
+    total = s2.sum(-1)
+    pr = total.pow(2) / s2.pow(2).sum(-1)
+    return torch.where(total < NAN_FLOOR, torch.full_like(pr, float("nan")), pr)
+
+
+def _centre(x: torch.Tensor, rows: Sequence[int] | None) -> torch.Tensor:
+    n = torch.tensor(rows if rows is not None else [x.shape[1]] * x.shape[0], device=x.device)
+    mask = (torch.arange(x.shape[1], device=x.device)[None, :] < n[:, None]).unsqueeze(-1)  # (batch, W, 1)
+    mean = (x * mask).sum(1, keepdim=True) / n.clamp(min=1)[:, None, None]
+    return (x - mean) * mask
+
+
+def r_v(pr_late: torch.Tensor, pr_early: torch.Tensor) -> torch.Tensor:
+    """R_V = PR_late / PR_early, per prompt."""
+    if pr_late.shape != pr_early.shape:
+        raise ValueError(f"PR shapes differ: late {tuple(pr_late.shape)} vs early {tuple(pr_early.shape)}")
+    return pr_late / pr_early

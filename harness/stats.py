@@ -1,0 +1,126 @@
+"""Statistics: the sources' tests verbatim, and the robust ones a reviewer asks for.
+
+Every function takes plain sequences and returns a frozen result with the numbers the report records.
+Directional tests follow the claim's direction: `greater(a, b)` tests mean(a) > mean(b).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+from scipy import stats as sps
+
+
+@dataclass(frozen=True)
+class TestResult:
+    test: str
+    statistic: float
+    p_value: float
+    df: float | None = None
+    alternative: str = "greater"
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _arr(x: Sequence[float], name: str, minimum: int = 2) -> np.ndarray:
+    a = np.asarray(x, dtype=float)
+    if a.ndim != 1 or a.size < minimum:
+        raise ValueError(f"{name} needs a 1-d sample of at least {minimum} values; got shape {a.shape}")
+    if not np.all(np.isfinite(a)):
+        raise ValueError(f"{name} holds {int((~np.isfinite(a)).sum())} non-finite values; drop and count them first")
+    return a
+
+
+def student_t(a: Sequence[float], b: Sequence[float], alternative: str = "greater") -> TestResult:
+    """scipy ttest_ind with equal variances: the source's test (one-sided, df = n_a + n_b - 2)."""
+    x, y = _arr(a, "a"), _arr(b, "b")
+    res = sps.ttest_ind(x, y, equal_var=True, alternative=alternative)
+    return TestResult("student_t", float(res.statistic), float(res.pvalue), x.size + y.size - 2.0, alternative)
+
+
+def welch_t(a: Sequence[float], b: Sequence[float], alternative: str = "greater") -> TestResult:
+    x, y = _arr(a, "a"), _arr(b, "b")
+    res = sps.ttest_ind(x, y, equal_var=False, alternative=alternative)
+    return TestResult("welch_t", float(res.statistic), float(res.pvalue), float(res.df), alternative)
+
+
+def mann_whitney(a: Sequence[float], b: Sequence[float], alternative: str = "greater") -> TestResult:
+    res = sps.mannwhitneyu(_arr(a, "a"), _arr(b, "b"), alternative=alternative, method="auto")
+    return TestResult("mann_whitney_u", float(res.statistic), float(res.pvalue), None, alternative)
+
+
+def t_from_stats(mean_a: float, sd_a: float, n_a: int, mean_b: float, sd_b: float, n_b: int,
+                 ddof0: bool = True, alternative: str = "greater") -> TestResult:
+    """Student t from summary figures; `ddof0` converts population stds (np.std) with s * sqrt(n / (n - 1))."""
+    if ddof0:
+        sd_a, sd_b = sd_a * math.sqrt(n_a / (n_a - 1)), sd_b * math.sqrt(n_b / (n_b - 1))
+    res = sps.ttest_ind_from_stats(mean_a, sd_a, n_a, mean_b, sd_b, n_b, equal_var=True, alternative=alternative)
+    return TestResult("student_t_from_stats", float(res.statistic), float(res.pvalue), n_a + n_b - 2.0, alternative)
+
+
+def permutation_test(a: Sequence[float], b: Sequence[float], n_resamples: int = 10_000, seed: int = 0,
+                     alternative: str = "greater") -> TestResult:
+    """Difference of means under random relabelling (seeded)."""
+    res = sps.permutation_test((_arr(a, "a"), _arr(b, "b")), lambda x, y: np.mean(x) - np.mean(y),
+                               permutation_type="independent", n_resamples=n_resamples,
+                               alternative=alternative, rng=np.random.default_rng(seed))
+    return TestResult("permutation_mean_diff", float(res.statistic), float(res.pvalue), None, alternative)
+
+
+def cohens_d(a: Sequence[float], b: Sequence[float]) -> float:
+    """(mean_a - mean_b) / pooled sd (ddof=1)."""
+    x, y = _arr(a, "a"), _arr(b, "b")
+    pooled = ((x.size - 1) * x.var(ddof=1) + (y.size - 1) * y.var(ddof=1)) / (x.size + y.size - 2)
+    return float((x.mean() - y.mean()) / math.sqrt(pooled)) if pooled > 0 else float("nan")
+
+
+def bootstrap_mean_diff_ci(a: Sequence[float], b: Sequence[float], level: float = 0.95, n_resamples: int = 5000,
+                           seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap CI of mean(a) - mean(b), resampling each group independently (seeded)."""
+    x, y = _arr(a, "a"), _arr(b, "b")
+    rng = np.random.default_rng(seed)
+    xs = rng.choice(x, size=(n_resamples, x.size)).mean(1)
+    ys = rng.choice(y, size=(n_resamples, y.size)).mean(1)
+    lo, hi = np.quantile(xs - ys, [(1 - level) / 2, (1 + level) / 2])
+    return float(lo), float(hi)
+
+
+@dataclass(frozen=True)
+class Regression:
+    names: tuple[str, ...]
+    coef: tuple[float, ...]
+    t: tuple[float, ...]
+    p: tuple[float, ...]
+    df: int
+
+    def term(self, name: str) -> dict[str, float]:
+        i = self.names.index(name)
+        return {"coef": self.coef[i], "t": self.t[i], "p": self.p[i]}
+
+
+def ols(y: Sequence[float], columns: dict[str, Sequence[float]]) -> Regression:
+    """Ordinary least squares with an intercept; two-sided t tests per coefficient."""
+    target = _arr(y, "y", minimum=3)
+    names = ("intercept", *columns)
+    design = np.column_stack([np.ones(target.size)] + [_arr(c, n, 3) for n, c in columns.items()])
+    df = target.size - design.shape[1]
+    if df < 1 or np.linalg.matrix_rank(design) < design.shape[1]:
+        raise ValueError(f"design with columns {names} is rank deficient or has no residual df (n={target.size})")
+    coef, *_ = np.linalg.lstsq(design, target, rcond=None)
+    resid = target - design @ coef
+    cov = (resid @ resid / df) * np.linalg.inv(design.T @ design)
+    t = coef / np.sqrt(np.diag(cov))
+    p = 2 * sps.t.sf(np.abs(t), df)
+    return Regression(names, tuple(map(float, coef)), tuple(map(float, t)), tuple(map(float, p)), int(df))
+
+
+def describe(x: Sequence[float]) -> dict[str, float]:
+    """Mean, population std (np.std, ddof=0, as the source reported) and sample std, min, max, n."""
+    a = _arr(x, "sample", minimum=1)
+    return {"mean": float(a.mean()), "std_ddof0": float(a.std()), "std_ddof1": float(a.std(ddof=1)) if a.size > 1
+            else float("nan"), "min": float(a.min()), "max": float(a.max()), "n": int(a.size)}
