@@ -56,6 +56,16 @@ def device_info() -> dict[str, Any]:
     return info
 
 
+def peak_memory() -> dict[str, int | None]:
+    """Peak GPU memory allocated by torch in this process, and this process's peak resident set size."""
+    import resource
+
+    import torch
+
+    gpu = int(torch.cuda.max_memory_allocated()) if torch.cuda.is_available() else None
+    return {"gpu_bytes": gpu, "rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+
+
 def jsonable(value: Any) -> Any:
     """NaN and inf become None (strict JSON); tuples become lists; numpy scalars become floats."""
     if isinstance(value, dict):
@@ -139,7 +149,8 @@ class Report:
         atomic_write(self.path, json.dumps(self.document(), indent=2, sort_keys=False, allow_nan=False) + "\n")
 
     def finish(self, status: str) -> None:
-        self._run.update(finished=time.time(), status=status)
+        self._run.update(finished=time.time(), status=status, wall_s=time.time() - self.started,
+                         peak_memory=peak_memory())
         self.write()
 
 
