@@ -143,7 +143,7 @@ def evaluate(criterion: Criterion, observed: Mapping[str, float]) -> tuple[bool 
     passed: bool | None = True
     for metric, rule in criterion.items():
         value = observed.get(metric)
-        if value is None or (isinstance(value, float) and math.isnan(value)):
+        if value is None or math.isnan(float(value)):  # float(): numpy float32 NaN is no Python float
             detail[metric] = {"value": value, "rule": rule, "passed": None}
             passed = None
             continue

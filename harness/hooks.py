@@ -55,9 +55,16 @@ def _rebuild(value: Any, tensor: torch.Tensor) -> Any:
     return tensor if isinstance(value, torch.Tensor) else (tensor, *value[1:])
 
 
+def _is_library_hook(hook: Callable[..., Any]) -> bool:
+    """transformers 5 installs inactive output-recording hooks for good on the first `output_hidden_states` or
+    `output_attentions` call; they belong to the library and are no leak."""
+    return str(getattr(hook, "__module__", "")).startswith("transformers.")
+
+
 def hook_count(model: nn.Module) -> int:
     """Forward and pre-forward hooks currently registered anywhere in `model` (0 when nothing leaked)."""
-    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+    return sum(not _is_library_hook(hook) for m in model.modules()
+               for hook in (*m._forward_hooks.values(), *m._forward_pre_hooks.values()))
 
 
 def _in_mode(call: Call, mode: str) -> bool:

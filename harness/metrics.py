@@ -13,18 +13,21 @@ def participation_ratio(x: torch.Tensor, rows: Sequence[int] | None = None, cent
     """PR = (sum lambda)^2 / sum lambda^2 with lambda = s^2, the squared singular values of each window.
 
     x: (batch, W, d) windows, rows beyond `rows[i]` are zero padding (zero rows leave the singular values of
-    the uncentred matrix unchanged). Returns (batch,) float32; NaN where sum lambda < 1e-10, as published.
+    the uncentred matrix unchanged). Returns (batch,) float32; NaN where sum lambda < 1e-10, as published,
+    and where the window holds a non-finite value.
     Uncentred PR lies in [1, min(W, d)].
     """
     if x.ndim != 3:
         raise ValueError(f"participation_ratio expects (batch, window, width); got shape {tuple(x.shape)}")
     x = x.float()
+    bad = ~torch.isfinite(x).all(dim=(1, 2))  # a window with inf/NaN (e.g. fp16 overflow) gets PR = NaN
+    x = torch.where(bad[:, None, None], torch.zeros_like(x), x)
     if centred:
         x = _centre(x, rows)
     s2 = torch.linalg.svdvals(x).pow(2)  # (batch, min(W, d))
     total = s2.sum(-1)
     pr = total.pow(2) / s2.pow(2).sum(-1)
-    return torch.where(total < NAN_FLOOR, torch.full_like(pr, float("nan")), pr)
+    return torch.where((total < NAN_FLOOR) | bad, torch.full_like(pr, float("nan")), pr)
 
 
 def _centre(x: torch.Tensor, rows: Sequence[int] | None) -> torch.Tensor:

@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import tomllib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -191,7 +192,8 @@ def build_tiny(spec: ModelSpec, directory: Path, seed: int = 0) -> Path:
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     (directory / "harness_provenance.json").write_text(
-        json.dumps({"tiny_seed": seed, "tokenizer_corpus": corpus_digest(lines), "config": _digest(config.to_dict())}),
+        json.dumps({"tiny_seed": seed, "tokenizer_corpus": corpus_digest(lines), "config": _digest(config.to_dict()),
+                    "perturbed_from": spec.base}),  # an instruct twin shares its base's config, not its weights
         encoding="utf-8",
     )
     return directory
@@ -209,9 +211,33 @@ def _local_revision(directory: Path) -> str:
     return "local:" + (hashlib.sha256(config.read_bytes()).hexdigest()[:12] if config.exists() else "unknown")
 
 
-def _from_pretrained(source: str, revision: str | None, dtype: torch.dtype, device: str, local_only: bool) -> Any:
+def _gpu_budget(devices: Sequence[str]) -> dict[int, int]:
+    """max_memory for accelerate: the listed GPUs only, 90% of each (the rest stays free for activations)."""
+    indices = [torch.device(d).index or 0 for d in devices]
+    return {i: int(torch.cuda.get_device_properties(i).total_memory * 0.9) for i in indices}
+
+
+def place(model: PreTrainedModel, devices: Sequence[str]) -> PreTrainedModel:
+    """Put a model on one device, or shard it layer-wise across several GPUs with accelerate."""
+    if len(devices) == 1:
+        return model.to(devices[0])
+    from accelerate import dispatch_model, infer_auto_device_map
+    from accelerate.utils import get_balanced_memory
+
+    no_split = list(getattr(model, "_no_split_modules", None) or [])
+    budget = get_balanced_memory(model, max_memory=_gpu_budget(devices), no_split_module_classes=no_split)
+    device_map = infer_auto_device_map(model, max_memory=budget, no_split_module_classes=no_split)
+    return dispatch_model(model, device_map=device_map)
+
+
+def _from_pretrained(source: str, revision: str | None, dtype: torch.dtype, devices: Sequence[str],
+                     local_only: bool) -> Any:
     kwargs: dict[str, Any] = {"revision": revision, "local_files_only": local_only, "attn_implementation": "sdpa"}
-    placement: dict[str, Any] = {"device_map": device} if device != "cpu" else {}
+    placement: dict[str, Any] = {}
+    if len(devices) > 1:
+        placement = {"device_map": "balanced", "max_memory": _gpu_budget(devices)}
+    elif devices[0] != "cpu":
+        placement = {"device_map": devices[0]}
     try:
         return AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs, **placement).eval()
     except TypeError:  # transformers 4.x spells it torch_dtype
@@ -234,8 +260,13 @@ def load(
     cache_dir: Path | None = None,
     seed: int = 0,
     allow_download: bool = False,
+    shard_devices: Sequence[str] = (),
 ) -> LoadedModel:
-    """Load a model as the claim needs it. Missing weights raise ModelUnavailable with the fix."""
+    """Load a model as the claim needs it. Missing weights raise ModelUnavailable with the fix.
+
+    `shard_devices` (two or more GPUs) splits the model layer-wise across them with accelerate.
+    """
+    devices = list(shard_devices) if len(shard_devices) > 1 else [device]
     if weights not in WEIGHTS:
         raise ValueError(f"weights={weights!r}; allowed: {WEIGHTS}")
     if spec.tiny and model_path is None:
@@ -243,35 +274,47 @@ def load(
             raise ValueError(f"tiny model {spec.id!r} needs a cache_dir to be saved to and loaded from")
         model_path = build_tiny(spec, cache_dir / spec.id, seed=seed)
     if weights == "random" and not spec.tiny:
-        return _load_random(spec, device, seed)
+        return _load_random(spec, devices, seed)
     local_only = allow_download is False or os.environ.get("HF_HUB_OFFLINE") == "1"
     source = str(model_path) if model_path is not None else spec.hf_id
     if model_path is not None and not model_path.is_dir():
         raise ModelUnavailable(f"--model-path for {spec.id!r} is {model_path}, which is not a directory; "
                                + _how_to_provide(spec))
+    if model_path is not None and not (model_path / "config.json").is_file():  # else transformers: ValueError
+        raise ModelUnavailable(f"--model-path for {spec.id!r} is {model_path}, which holds no config.json; "
+                               + _how_to_provide(spec))
     revision = None if model_path is not None else spec.revision
     try:
-        model = _from_pretrained(source, revision, spec.torch_dtype, device, local_only)
+        model = _from_pretrained(source, revision, spec.torch_dtype, devices, local_only)
         tokenizer = AutoTokenizer.from_pretrained(source, revision=revision, local_files_only=local_only)
     except OSError as err:
         raise ModelUnavailable(f"weights for {spec.id!r} not found ({err.__class__.__name__}: "
                                f"{str(err).splitlines()[0]}); " + _how_to_provide(spec)) from err
-    if model.device.type != torch.device(device).type:
+    if len(devices) == 1 and model.device.type != torch.device(device).type:
         model = model.to(device)
     resolved = _local_revision(Path(source)) if model_path is not None else str(
         getattr(model.config, "_commit_hash", None) or spec.revision)
-    kind = "tiny" if spec.tiny else "pretrained"
-    return LoadedModel(spec, model, _prepared(tokenizer), kind, resolved, source)
+    if spec.tiny:  # built in a temporary directory: name what it was built from, which is reproducible
+        source = f"fixtures/models/{spec.config} (tiny, built at test time)"
+    return LoadedModel(spec, model, _prepared(tokenizer), "tiny" if spec.tiny else "pretrained", resolved, source)
 
 
-def _load_random(spec: ModelSpec, device: str, seed: int) -> LoadedModel:
-    """The published architecture at full size with seeded random weights and the offline tokenizer."""
+def _load_random(spec: ModelSpec, devices: Sequence[str], seed: int) -> LoadedModel:
+    """The published architecture at full size with seeded random weights and the offline tokenizer.
+
+    On one device the weights are drawn there; to shard, they are drawn on the CPU and then dispatched, so a
+    sharded model holds exactly the weights a single-device model built with init on the CPU holds.
+    """
     lines = corpus_lines()
     config = _config_from(spec)
-    model = _from_config(config, spec.torch_dtype, device, seed)
+    if len(devices) == 1:
+        model = _from_config(config, spec.torch_dtype, devices[0], seed)
+    else:
+        model = place(_from_config(config, spec.torch_dtype, "cpu", seed), devices)
     tokenizer = build_offline_tokenizer(lines)
     resolved = f"random:seed{seed}:{_digest(architecture(spec))}"
-    provenance = {"tokenizer": f"harness-offline-bpe:{corpus_digest(lines)}", "random_seed": seed}
+    provenance = {"tokenizer": f"harness-offline-bpe:{corpus_digest(lines)}", "random_seed": seed,
+                  "devices": list(devices)}
     return LoadedModel(spec, model, _prepared(tokenizer), "random", resolved, f"fixtures/models/{spec.config}",
                        provenance)
 

@@ -9,6 +9,7 @@ import os
 import shlex
 import sys
 import tempfile
+import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +39,7 @@ class Options:
     batch_size: int
     registry: dict[str, ModelSpec]
     claims: dict[str, Claim]
+    shard_devices: list[str] = field(default_factory=list)
     cache_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="claim-harness-")))
 
 
@@ -56,6 +58,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--claim-seed", type=int, default=0, help="base seed of every random draw")
     group.addoption("--allow-download", action="store_true", help="let from_pretrained reach the hub")
     group.addoption("--claim-batch-size", type=int, default=32, help="prompts per forward batch")
+    group.addoption("--claims-dir", default=None, help="directory of claim TOML files (default: the harness's "
+                    "fixtures/claims)")
+    group.addoption("--gpus-per-model", type=int, default=1, help="shard each model across N GPUs; under "
+                    "pytest-xdist worker k gets GPUs k*N .. k*N+N-1")
 
 
 def _pairs(values: list[str], option: str) -> dict[str, Path]:
@@ -69,8 +75,10 @@ def _pairs(values: list[str], option: str) -> dict[str, Path]:
 
 
 def _options(config: pytest.Config) -> Options:
+    claims_dir = config.getoption("--claims-dir")
     try:
-        registry, claims = load_registry(), load_claims()
+        registry = load_registry()
+        claims = load_claims(Path(claims_dir)) if claims_dir else load_claims()
     except (ClaimError, ValueError) as err:
         raise pytest.UsageError(str(err)) from err
     raw = config.getoption("--models")
@@ -84,21 +92,45 @@ def _options(config: pytest.Config) -> Options:
     for claim_id in banks:
         if claim_id not in claims:
             raise pytest.UsageError(f"--prompt-bank names unknown claim {claim_id!r}; known: {', '.join(claims)}")
-    device = config.getoption("--device") or ("cuda" if _cuda() else "cpu")
-    return Options(models, paths, config.getoption("--weights"), device, banks, config.getoption("--claim-seed"),
-                   config.getoption("--allow-download"), config.getoption("--claim-batch-size"), registry, claims)
+    devices = worker_devices(config.getoption("--device"), config.getoption("--gpus-per-model"),
+                             _worker_index(config), _gpu_count())
+    return Options(models, paths, config.getoption("--weights"), devices[0], banks, config.getoption("--claim-seed"),
+                   config.getoption("--allow-download"), config.getoption("--claim-batch-size"), registry, claims,
+                   devices if len(devices) > 1 else [])
 
 
-def _cuda() -> bool:
+def _worker_index(config: pytest.Config) -> int:
+    worker = getattr(config, "workerinput", {}).get("workerid", "gw0")
+    return int(worker.removeprefix("gw"))
+
+
+def worker_devices(device: str | None, gpus_per_model: int, worker: int, gpu_count: int) -> list[str]:
+    """The devices of one pytest(-xdist) worker: GPUs worker*N .. worker*N+N-1 (wrapping), or the CPU."""
+    if gpus_per_model < 1:
+        raise pytest.UsageError(f"--gpus-per-model {gpus_per_model}: give 1 or more")
+    if device is not None and not device.startswith("cuda"):
+        return [device]
+    if gpu_count == 0:
+        if device is not None:
+            raise pytest.UsageError(f"--device {device}: no CUDA device is visible; use --device cpu")
+        return ["cpu"]
+    if gpus_per_model > gpu_count:
+        raise pytest.UsageError(f"--gpus-per-model {gpus_per_model}: only {gpu_count} GPU(s) visible")
+    first = (worker * gpus_per_model) % gpu_count
+    return [f"cuda:{(first + j) % gpu_count}" for j in range(gpus_per_model)]
+
+
+def _gpu_count() -> int:
     import torch
 
-    return bool(torch.cuda.is_available())
+    return int(torch.cuda.device_count()) if torch.cuda.is_available() else 0
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "gpu: needs a CUDA device and the published 7-8B models")
     config.addinivalue_line("markers", "slow: takes more than a few seconds on the CPU")
     config.addinivalue_line("markers", "claim(id): a published-claim test; the id names fixtures/claims/<id>.toml")
+    config.addinivalue_line("markers", "xdist_group(name): run on one pytest-xdist worker (--dist loadgroup)")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers.utils import logging as hf_logging
 
@@ -108,7 +140,7 @@ def pytest_configure(config: pytest.Config) -> None:
         path = Path(config.getoption("--claims-json"))
         path = path if path.is_absolute() else Path(config.rootpath) / path
         config.stash[report_key] = Report(path, config.getoption("--claim-seed"), sys.argv[1:], config.rootpath)
-        config.pluginmanager.register(ReportCollector(config.stash[report_key]), "claim-harness-report")
+        config.pluginmanager.register(ReportCollector(config.stash[report_key], config), "claim-harness-report")
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
@@ -152,6 +184,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             continue
         params = getattr(getattr(item, "callspec", None), "params", {})
         protocol = params.get("protocol") or item.originalname.removeprefix("test_")  # type: ignore[attr-defined]
+        # pytest-xdist --dist loadgroup: every test of one model runs on one worker, which loads it once
+        item.add_marker(pytest.mark.xdist_group(str(params.get("model_id", "published-data"))))
         item.user_properties.append((ITEM_KEY, {"claim": marker.args[0], "model": params.get("model_id",
                                      "published-data"), "protocol": str(protocol)}))
 
@@ -174,7 +208,7 @@ class ModelCache:
         try:
             lm = load(opts.registry[model_id], weights=opts.weights, device=opts.device,
                       model_path=opts.model_paths.get(model_id), cache_dir=opts.cache_dir, seed=opts.seed,
-                      allow_download=opts.allow_download)
+                      allow_download=opts.allow_download, shard_devices=opts.shard_devices)
         except ModelUnavailable as err:
             pytest.skip(str(err))
         self._loaded[model_id] = lm
@@ -245,8 +279,23 @@ def record_claim(request: pytest.FixtureRequest, record_property: Any) -> Any:
 class ReportCollector:
     """Registered on the controller only: turns test reports into claims-report entries as they arrive."""
 
-    def __init__(self, report: Report) -> None:
-        self.report = report
+    def __init__(self, report: Report, config: pytest.Config) -> None:
+        self.report, self.config = report, config
+        self._seen: set[tuple[str, str]] = set()
+
+    def _progress(self, result: dict[str, Any]) -> None:
+        """One line per (claim, model) as it starts, with the elapsed time, through pytest's reporter."""
+        key = (result["claim"], result["model"])
+        terminal = self.config.pluginmanager.get_plugin("terminalreporter")
+        if key in self._seen or terminal is None:
+            return
+        self._seen.add(key)
+        terminal.ensure_newline()
+        terminal.write_line(f"claim-harness [{time.time() - self.report.started:7.1f}s] {key[0]} on {key[1]}")
+
+    def add(self, result: dict[str, Any]) -> None:
+        self._progress(result)
+        self.report.add(result)
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
@@ -255,12 +304,11 @@ class ReportCollector:
         report.user_properties = [(k, v) for k, v in report.user_properties if k not in (RESULT_KEY, ITEM_KEY)]
         if report.when == "call":
             for res in results:
-                self.report.add({**res, "outcome": report.outcome, "duration_s": report.duration,
-                                 "nodeid": report.nodeid})
+                self.add({**res, "outcome": report.outcome, "duration_s": report.duration, "nodeid": report.nodeid})
             if not results and ident is not None and report.outcome != "passed":
-                self.report.add(_placeholder(ident, report, "error" if report.failed else "skipped"))
+                self.add(_placeholder(ident, report, "error" if report.failed else "skipped"))
         elif report.when == "setup" and ident is not None and not report.passed:
-            self.report.add(_placeholder(ident, report, "skipped" if report.skipped else "error"))
+            self.add(_placeholder(ident, report, "skipped" if report.skipped else "error"))
 
     def pytest_sessionfinish(self, exitstatus: int) -> None:
         self.report.finish({2: "interrupted", 3: "error"}.get(int(exitstatus), "complete"))

@@ -22,6 +22,10 @@ def protocol_result(claim: Claim, protocol: str, kind: str, criterion: Criterion
     if kind not in KINDS:
         raise ValueError(f"result kind {kind!r}; allowed: {KINDS}")
     passed, detail = evaluate(criterion, observed)
+    if passed is None and not notes:
+        missing = sorted(m for m, d in detail.items() if d["passed"] is None)
+        notes = (f"inconclusive: {', '.join(missing)} not observed or not finite; "
+                 f"exclusions: {dict(exclusions or {}) or 'none'}",)
     return {
         "claim": claim.id, "claim_version": claim.version, "protocol": protocol, "kind": kind,
         "model": lm.id if lm is not None else "published-data",

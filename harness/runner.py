@@ -54,7 +54,9 @@ class Window:
         offsets = torch.arange(self.size)
         starts = torch.tensor([start for start, _ in bounds])[:, None]
         counts = torch.tensor([stop - start for start, stop in bounds])[:, None]
-        index = (starts + offsets.clamp(max=counts - 1).clamp(min=0)).to(hidden.device)  # (batch, size)
+        # an empty window (exclude_bos on a 1-token prompt) starts past the end: clamp, its rows are masked anyway
+        index = (starts + offsets.clamp(max=counts - 1).clamp(min=0)).clamp(max=hidden.shape[1] - 1)  # (batch, size)
+        index = index.to(hidden.device)
         valid = (offsets < counts).to(hidden.device, hidden.dtype).unsqueeze(-1)  # (batch, size, 1)
         rows = hidden.gather(1, index.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
         return rows * valid
@@ -71,24 +73,49 @@ class Captured:
     windows: dict[str, torch.Tensor]
     lengths: list[int]
     rows: list[int]  # valid rows per prompt in its window
+    halvings: int = 0  # times a batch was halved after running out of device memory
 
 
 def forward_capture(lm: LoadedModel, prompts: Sequence[str], sites: Sequence[str], window: Window,
                     batch_size: int = 32) -> Captured:
-    """Run `prompts` in batches; keep only each site's window. Stops after the deepest site's layer."""
+    """Run `prompts` in batches; keep only each site's window. Stops after the deepest site's layer.
+
+    A batch that runs out of device memory is halved and retried (down to one prompt); the number of
+    halvings is returned so the report can record it.
+    """
     last_layer = max(parse(site)[0] for site in sites)
     kept: dict[str, list[torch.Tensor]] = {site: [] for site in sites}
     lengths: list[int] = []
-    base = lm.model.base_model
-    for start in range(0, len(prompts), batch_size):
-        enc = encode(lm, prompts[start : start + batch_size])
-        with torch.no_grad(), capture(lm.model, sites, lambda t, n=enc.lengths: window.gather(t, n),
-                                      model_name=lm.id) as acts, stop_after(lm.model, last_layer, lm.id):
-            try:
-                base(input_ids=enc.input_ids, attention_mask=enc.attention_mask, use_cache=False)
-            except StopForward:
-                pass
+    start, size, halvings = 0, batch_size, 0
+    while start < len(prompts):
+        chunk = prompts[start : start + size]
+        try:
+            acts, enc_lengths = _capture_batch(lm, chunk, sites, window, last_layer)
+        except torch.OutOfMemoryError:
+            if size == 1:
+                raise
+            size, halvings = max(1, size // 2), halvings + 1
+            _empty_cache(lm)
+            continue
         for site in sites:
             kept[site].extend(acts[site])
-        lengths.extend(enc.lengths)
-    return Captured({s: torch.cat(v) for s, v in kept.items()}, lengths, window.valid(lengths))
+        lengths.extend(enc_lengths)
+        start += len(chunk)
+    return Captured({s: torch.cat(v) for s, v in kept.items()}, lengths, window.valid(lengths), halvings)
+
+
+def _capture_batch(lm: LoadedModel, chunk: Sequence[str], sites: Sequence[str], window: Window,
+                   last_layer: int) -> tuple[dict[str, list[torch.Tensor]], list[int]]:
+    enc = encode(lm, chunk)
+    with torch.no_grad(), capture(lm.model, sites, lambda t: window.gather(t, enc.lengths),
+                                  model_name=lm.id) as acts, stop_after(lm.model, last_layer, lm.id):
+        try:
+            lm.model.base_model(input_ids=enc.input_ids, attention_mask=enc.attention_mask, use_cache=False)
+        except StopForward:
+            pass
+    return acts, enc.lengths
+
+
+def _empty_cache(lm: LoadedModel) -> None:
+    if lm.device.type == "cuda":
+        torch.cuda.empty_cache()

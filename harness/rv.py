@@ -60,12 +60,16 @@ def measure(lm: LoadedModel, claim: Claim, prompts: Sequence[str], window: Windo
         return RVRun([], [], [], [], [], excluded)
     sites = [f"blocks.{early}.{point}", f"blocks.{late}.{point}"]
     cap = forward_capture(lm, keep, sites, window, batch_size)
+    excluded["oom_batch_halvings"] = cap.halvings
     centred = bool(claim.protocol.get("centred", False))
     pr_e = participation_ratio(cap.windows[sites[0]], cap.rows, centred).cpu()
     pr_l = participation_ratio(cap.windows[sites[1]], cap.rows, centred).cpu()
     ratio = r_v(pr_l, pr_e)
     finite = torch.isfinite(ratio)
-    excluded["nan_pr"] = int((~finite).sum())
+    overflow = ~(torch.isfinite(cap.windows[sites[0]]).all(dim=(1, 2)) &
+                 torch.isfinite(cap.windows[sites[1]]).all(dim=(1, 2))).cpu()
+    excluded["non_finite_activation"] = int(overflow.sum())
+    excluded["nan_pr"] = int((~finite & ~overflow).sum())
     idx = [i for i in range(len(keep)) if bool(finite[i])]
     return RVRun([keep[i] for i in idx], [float(ratio[i]) for i in idx], [float(pr_e[i]) for i in idx],
                  [float(pr_l[i]) for i in idx], [cap.lengths[i] for i in idx], excluded)
@@ -97,6 +101,7 @@ def _per_prompt(run: RVRun) -> list[dict[str, Any]]:
 
 
 def _exclusions(*runs: RVRun) -> dict[str, int]:
+    """Prompts dropped, by reason, over all runs (oom_batch_halvings counts retries, not prompts)."""
     total: Counter[str] = Counter()
     for run in runs:
         total.update(run.excluded)

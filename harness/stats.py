@@ -72,6 +72,36 @@ def permutation_test(a: Sequence[float], b: Sequence[float], n_resamples: int = 
     return TestResult("permutation_mean_diff", float(res.statistic), float(res.pvalue), None, alternative)
 
 
+def _paired(a: Sequence[float], b: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    x, y = _arr(a, "a"), _arr(b, "b")
+    if x.size != y.size:
+        raise ValueError(f"paired samples differ in length: a has {x.size} values, b has {y.size}; "
+                         "give one value of b per value of a, in the same order")
+    return x, y
+
+
+def paired_t(a: Sequence[float], b: Sequence[float], alternative: str = "greater") -> TestResult:
+    """scipy ttest_rel of mean(a - b) against 0 (df = n - 1). When every difference is the same the t
+    statistic is undefined (zero variance): statistic and p are NaN, and scipy is not asked."""
+    x, y = _paired(a, b)
+    diff = x - y
+    if np.all(diff == diff[0]):
+        return TestResult("paired_t", float("nan"), float("nan"), x.size - 1.0, alternative)
+    res = sps.ttest_rel(x, y, alternative=alternative)
+    return TestResult("paired_t", float(res.statistic), float(res.pvalue), x.size - 1.0, alternative)
+
+
+def paired_permutation(a: Sequence[float], b: Sequence[float], n_resamples: int = 10_000, seed: int = 0,
+                       alternative: str = "greater") -> TestResult:
+    """Sign-flip test of mean(a - b): each pair keeps or swaps its two values (seeded; exact when 2**n is at
+    most `n_resamples`). Defined for every input: all-zero differences give p = 1."""
+    x, y = _paired(a, b)
+    res = sps.permutation_test((x, y), lambda u, v, axis: np.mean(u - v, axis=axis),
+                               permutation_type="samples", vectorized=True, n_resamples=n_resamples,
+                               alternative=alternative, rng=np.random.default_rng(seed))
+    return TestResult("paired_permutation", float(res.statistic), float(res.pvalue), None, alternative)
+
+
 def cohens_d(a: Sequence[float], b: Sequence[float]) -> float:
     """(mean_a - mean_b) / pooled sd (ddof=1)."""
     x, y = _arr(a, "a"), _arr(b, "b")

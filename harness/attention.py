@@ -1,0 +1,405 @@
+"""Per-layer, per-head attention entropy computed inside the attention forward, without keeping patterns.
+
+How it works
+------------
+`attention_entropy(model, layers)` registers a uniquely named attention function with transformers'
+`AttentionInterface` (and, where transformers has one, the same name with `AttentionMaskInterface`, mapped
+to the sdpa mask builder) and points `model.config._attn_implementation` at it. Every layer then calls that
+function with the query/key/value states and the mask that sdpa would get. It returns the output of the
+ordinary `sdpa_attention_forward`, so logits are unchanged; for the requested layers (`module.layer_idx`) it
+also recomputes softmax(q k^T * scaling + mask) in float32 from the query and (un-repeated) key states,
+reduces every query row to three numbers and drops the probabilities before the next layer runs. Only those
+reductions, (layer, 3, batch, head, q), outlive a layer. Long inputs run in blocks of query rows so the
+float32 temporaries stay under `chunk_bytes`. On CUDA the per-layer reduction is captured once per input shape
+as a CUDA graph and replayed for every layer: the GPU work is small and a forward is launch-bound, so this
+keeps the overhead to four launches per layer. On exit, in `finally`, the config and registries are restored.
+
+Masks, padding, GQA
+-------------------
+- The mask arrives as sdpa builds it: None (causal, sdpa's `is_causal` path), a boolean (batch, 1, q, k)
+  mask (True = attend), or on transformers 4.x an additive float mask. It becomes one additive float32 bias
+  per forward (cached on the mask object), so padding, causality and sliding windows are the model's own.
+- A token is valid when the mask lets it attend to itself (the mask diagonal). Padding must be on the right
+  (the harness's convention; left padding raises). T_b = valid tokens of prompt b; q indexes positions in the
+  prompt. Padded queries are left out of every mean; padded keys get probability 0.
+- GQA: the query heads sharing a key head (n_heads // n_kv_heads, from the tensor shapes) are multiplied by
+  that key head as one block, which equals repeating the key heads; head h uses key head h // groups.
+- Full forwards only: query and key lengths must match (no cached prefix, no generate()).
+
+Definitions (per layer, prompt b, head h; p = the attention row of query q)
+--------------------------------------------------------------------------
+- published: H_q = -sum_k p'_k ln p'_k, p' = (p + 1e-8) / (1 + T_b * 1e-8) over all T_b keys (future keys
+  at p = 0 included); the value is the mean of H_q over q = 0 .. T_b - 1, q = 0 included. `published_sum`
+  (sum over q) and `n_tokens` (T_b) pool it token-weighted over prompts, as aggregation (b) does.
+- normalised: for q >= 2, drop key 0 (BOS where there is one), renormalise over keys 1..q (no epsilon) and
+  take G_q = H'_q / ln(q), ln(q) being the largest entropy over those q keys. G_q is in [0, 1] and equals 1
+  for uniform attention at every q, so the published value's length trend is gone. (Dividing by ln(q + 1)
+  would leave ln(q)/ln(q + 1) for uniform attention, a length trend.) The value is the mean over
+  q = 2 .. T_b - 1 (NaN under 3 tokens); `normalised_sum` and `n_normalised` pool it.
+- bos_mass: mean over q = 0 .. T_b - 1 of p_q[0], the attention probability on key 0.
+
+Limitations: right padding only; no KV-cache prefix; ln(q) is the maximum only while keys 1..q are all
+visible (not past a sliding window); probabilities are dropout-free (run models in eval mode).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+try:  # transformers >= 4.53 builds masks through this registry
+    from transformers.masking_utils import AttentionMaskInterface as _MaskInterface
+
+    _MASK_REGISTRY: dict[str, Any] | None = _MaskInterface._global_mapping
+except ImportError:  # pragma: no cover - transformers 4.48 - 4.52 build an additive mask for custom names
+    _MASK_REGISTRY = None
+
+VARIANTS = ("published", "normalised")
+EPS = 1e-8
+DEFAULT_CHUNK_BYTES = 64 * 2**20
+_GRAPH_MAX_BYTES = 64 * 2**20  # CUDA graphs only for layers whose float32 buffers fit in this
+_BOS, _PUBLISHED, _NOBOS = 0, 1, 2  # rows of the per-query statistics
+_NAME_PREFIX = "harness_entropy"
+_names = itertools.count()
+_FLOAT_FIELDS = ("published", "published_sum", "normalised", "normalised_sum", "bos_mass")
+
+
+@dataclass(frozen=True)
+class EntropyResult:
+    """Entropies of one forward. Per-head fields are (layer, batch, head) float32; layer i is `layers[i]`."""
+
+    layers: tuple[int, ...]
+    bos_mass: torch.Tensor
+    n_tokens: torch.Tensor  # (batch,) T_b
+    n_normalised: torch.Tensor  # (batch,) queries with q >= 2
+    published: torch.Tensor | None = None
+    published_sum: torch.Tensor | None = None
+    normalised: torch.Tensor | None = None
+    normalised_sum: torch.Tensor | None = None
+
+    @property
+    def n_heads(self) -> int:
+        return int(self.bos_mass.shape[-1])
+
+    def index(self, layer: int) -> int:
+        """The position of `layer` along the first axis of every per-head field."""
+        if layer not in self.layers:
+            raise KeyError(f"layer {layer} was not computed; computed layers: {list(self.layers)}")
+        return self.layers.index(layer)
+
+    def cpu(self) -> EntropyResult:
+        """The same result on the CPU, moved in one transfer for all layers and fields."""
+        present = [name for name in _FLOAT_FIELDS if getattr(self, name) is not None]
+        packed = torch.stack([getattr(self, name) for name in present]).cpu()  # (field, layer, batch, head)
+        counts = torch.stack([self.n_tokens, self.n_normalised]).cpu()  # (2, batch)
+        moved: dict[str, Any] = dict(zip(present, packed.unbind(0), strict=True))
+        return replace(self, n_tokens=counts[0], n_normalised=counts[1], **moved)
+
+
+def check_variants(variants: Iterable[str]) -> tuple[str, ...]:
+    chosen = tuple(dict.fromkeys(variants))
+    unknown = [v for v in chosen if v not in VARIANTS]
+    if unknown or not chosen:
+        raise ValueError(f"entropy variants {list(chosen)} invalid; choose one or more of {list(VARIANTS)}")
+    return chosen
+
+
+def mask_bias(mask: torch.Tensor | None, batch: int, length: int, device: torch.device
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The additive float32 bias (batch|1, 1, q, k) and valid tokens (batch, k) of a square sdpa mask."""
+    neg = torch.finfo(torch.float32).min
+    if mask is None:  # sdpa's is_causal path: no padding
+        causal = torch.full((length, length), neg, device=device).triu(1)
+        return causal[None, None], torch.ones(batch, length, dtype=torch.bool, device=device)
+    if mask.dim() != 4 or mask.shape[1] != 1 or mask.shape[-2:] != (length, length):
+        raise ValueError(f"attention mask has shape {tuple(mask.shape)}, expected (batch, 1, {length}, "
+                         f"{length}): attention_entropy needs a full forward without a cached prefix")
+    if mask.dtype == torch.bool:
+        bias = torch.full(mask.shape, neg, dtype=torch.float32, device=mask.device).masked_fill_(mask, 0.0)
+        valid = mask[:, 0].diagonal(dim1=-2, dim2=-1)  # (batch, k)
+    else:
+        bias = mask.to(torch.float32)
+        valid = mask[:, 0].diagonal(dim1=-2, dim2=-1) == 0
+    valid = valid.expand(batch, length)
+    if not bool((valid[:, 1:] <= valid[:, :-1]).all()):
+        raise ValueError("attention_entropy needs right padding (tokens, then padding), but the mask has "
+                         "padding before a token: set tokenizer.padding_side = 'right'")
+    return bias, valid
+
+
+def to_blocks(query: torch.Tensor, key: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """float32 copies laid out for a matmul per key head: (batch, kv, q, group, dim), (batch, kv, k, dim)."""
+    batch, n_heads, n_q, dim = query.shape
+    n_kv = key.shape[1]
+    if n_heads % n_kv:
+        raise ValueError(f"query has {n_heads} heads and key {n_kv}: query heads must be a multiple of those")
+    grouped = query.view(batch, n_kv, n_heads // n_kv, n_q, dim).transpose(2, 3)  # (batch, kv, q, group, dim)
+    return grouped.to(torch.float32, memory_format=torch.contiguous_format), key.to(
+        torch.float32, memory_format=torch.contiguous_format)
+
+
+def rows_per_block(q_blocks: torch.Tensor, n_keys: int, chunk_bytes: int) -> int:
+    batch, n_kv, _, groups, _ = q_blocks.shape
+    return max(1, chunk_bytes // (2 * 4 * batch * n_kv * groups * n_keys))
+
+
+def row_statistics(q_blocks: torch.Tensor, k_blocks: torch.Tensor, bias: torch.Tensor, out: torch.Tensor,
+                   scaling: float, variants: tuple[str, ...], step: int) -> None:
+    """Statistics of each query row of softmax(q k^T * scaling + bias) into out (3, batch, kv, q, group).
+
+    Row _BOS: p[0]; row _PUBLISHED: sum_k entr(p_k + eps) over all keys; row _NOBOS: the entropy over keys
+    >= 1 after renormalising. q_blocks and k_blocks come from `to_blocks`; bias is (batch|1, 1, q, k).
+    """
+    batch, n_kv, n_q, groups, dim = q_blocks.shape
+    n_keys = k_blocks.shape[2]
+    keys_t = k_blocks.transpose(-1, -2)  # (batch, kv, dim, k)
+    for start in range(0, n_q, step):
+        stop = min(start + step, n_q)
+        rows = q_blocks[:, :, start:stop].reshape(batch, n_kv, (stop - start) * groups, dim)
+        scores = torch.matmul(rows, keys_t)  # (batch, kv, q * group, k)
+        blocks = scores.view(batch, n_kv, stop - start, groups, n_keys)  # (batch, kv, q, group, k)
+        blocks.mul_(scaling).add_(bias[:, :, start:stop].unsqueeze(3))
+        _reduce_block(blocks, out[:, :, :, start:stop], variants)
+
+
+def _reduce_block(scores: torch.Tensor, out: torch.Tensor, variants: tuple[str, ...]) -> None:
+    """Per-row statistics of masked scores (batch, kv, q, group, k) into out (3, batch, kv, q, group)."""
+    if "normalised" in variants:
+        if scores.shape[-1] > 1:
+            rest = torch.softmax(scores[..., 1:], dim=-1)  # (batch, kv, q, group, k - 1)
+            torch.sum(torch.special.entr(rest, out=rest), dim=-1, out=out[_NOBOS])
+            del rest
+        else:
+            out[_NOBOS].zero_()
+    probs = torch.softmax(scores, dim=-1)  # (batch, kv, q, group, k)
+    out[_BOS].copy_(probs[..., 0])
+    if "published" in variants:
+        smoothed = probs.add_(EPS)
+        torch.sum(torch.special.entr(smoothed, out=smoothed), dim=-1, out=out[_PUBLISHED])
+
+
+class _GraphedRows:
+    """`row_statistics` for one input shape, captured as a CUDA graph and replayed for every layer."""
+
+    def __init__(self, q_blocks: torch.Tensor, k_blocks: torch.Tensor, bias: torch.Tensor,
+                 run: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], None]) -> None:
+        self.q, self.k, self.bias = q_blocks.clone(), k_blocks.clone(), bias.clone()
+        self.bias_source: torch.Tensor | None = bias
+        self.out = q_blocks.new_empty((3, *q_blocks.shape[:-1]))  # (3, batch, kv, q, group)
+        run(self.q, self.k, self.bias, self.out)  # warm-up on the current stream: no new cuBLAS workspace
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            run(self.q, self.k, self.bias, self.out)
+
+    def __call__(self, query: torch.Tensor, key: torch.Tensor, bias: torch.Tensor, out: torch.Tensor) -> None:
+        grouped = self.q.shape
+        self.q.copy_(query.view(grouped[0], grouped[1], grouped[3], grouped[2], -1).transpose(2, 3))
+        self.k.copy_(key)
+        if bias is not self.bias_source:
+            self.bias.copy_(bias)
+            self.bias_source = bias
+        self.graph.replay()
+        out.copy_(self.out)
+
+
+def reduce_rows(stats: torch.Tensor, valid: torch.Tensor, layers: tuple[int, ...], variants: tuple[str, ...]
+                ) -> EntropyResult:
+    """Pool per-query statistics (layer, 3, batch, kv, q, group) into per-prompt, per-head values."""
+    n_layers, _, batch, n_kv, length, groups = stats.shape
+    # (layer, 3, batch, kv, group, q) -> (layer, 3, batch, head, q); head h uses key head h // groups
+    rows = stats.transpose(-1, -2).reshape(n_layers, 3, batch, n_kv * groups, length)
+    n_tokens = valid.sum(-1)  # (batch,)
+    weight = valid.to(torch.float32)[:, None, :]  # (batch, 1, q)
+    position = torch.arange(length, device=valid.device)
+    late = valid & (position >= 2)  # (batch, q)
+    n_late = late.sum(-1)
+    out: dict[str, Any] = {"bos_mass": (rows[:, _BOS] * weight).sum(-1) / n_tokens[:, None]}
+    if "published" in variants:
+        tokens = n_tokens.to(torch.float32)[:, None, None]  # (batch, 1, 1)
+        z = 1 + tokens * EPS
+        entropy = torch.log(z) + (rows[:, _PUBLISHED] + (length - tokens) * (EPS * math.log(EPS))) / z
+        out["published_sum"] = torch.where(valid[:, None, :], entropy, 0.0).sum(-1)  # (layer, batch, head)
+        out["published"] = out["published_sum"] / n_tokens[:, None]
+    if "normalised" in variants:
+        inv_log = 1 / torch.log(position.clamp(min=2).to(torch.float32))  # (q,)
+        out["normalised_sum"] = torch.where(late[:, None, :], rows[:, _NOBOS] * inv_log, 0.0).sum(-1)
+        out["normalised"] = out["normalised_sum"] / n_late[:, None]
+    return EntropyResult(layers=layers, n_tokens=n_tokens, n_normalised=n_late, **out)
+
+
+def head_entropy(query: torch.Tensor, key: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
+                 scaling: float | None = None, variants: Iterable[str] = VARIANTS,
+                 chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> EntropyResult:
+    """Entropies of one attention layer from query (batch, head, q, dim) and key (batch, kv_head, q, dim).
+
+    `attention_mask` is sdpa-style: None (causal) or boolean (batch, 1, q, q). The result's layer is 0.
+    """
+    chosen = check_variants(variants)
+    bias, valid = mask_bias(attention_mask, query.shape[0], key.shape[2], query.device)
+    q_blocks, k_blocks = to_blocks(query, key)
+    out = q_blocks.new_empty((1, 3, *q_blocks.shape[:-1]))  # (layer, 3, batch, kv, q, group)
+    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+    step = rows_per_block(q_blocks, key.shape[2], chunk_bytes)
+    with torch.no_grad():
+        row_statistics(q_blocks, k_blocks, bias, out[0], scale, chosen, step)
+    return reduce_rows(out, valid, (0,), chosen)
+
+
+class AttentionEntropy:
+    """The engine behind `attention_entropy`: computes the requested layers in each forward; `pop()` them."""
+
+    def __init__(self, model: torch.nn.Module, layers: Iterable[int] | None = None,
+                 variants: Iterable[str] = VARIANTS, *, chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+                 cuda_graphs: bool = True) -> None:
+        config: Any = getattr(model, "config", None)
+        if config is None or not hasattr(config, "num_hidden_layers"):
+            raise TypeError(f"attention_entropy needs a transformers causal LM, got {type(model).__name__}")
+        self.config = config
+        n_layers = int(self.config.num_hidden_layers)
+        chosen = tuple(range(n_layers)) if layers is None else tuple(sorted(set(layers)))
+        bad = [layer for layer in chosen if not 0 <= layer < n_layers]
+        if bad or not chosen:
+            raise ValueError(f"layers {bad or '[]'} invalid: the model has {n_layers} layers "
+                             f"(0-{n_layers - 1})")
+        self.layers, self.variants = chosen, check_variants(variants)
+        self.chunk_bytes, self.cuda_graphs = chunk_bytes, cuda_graphs
+        self.name = f"{_NAME_PREFIX}_{next(_names)}"
+        self._slot = {layer: i for i, layer in enumerate(chosen)}
+        self._done: set[int] = set()
+        self._stats: torch.Tensor | None = None  # (layer, 3, batch, kv, q, group) of the current forward
+        self._mask: tuple[torch.Tensor | None, tuple[int, int], torch.Tensor, torch.Tensor] | None = None
+        self._graphs: dict[tuple[Any, ...], _GraphedRows] = {}
+        self._saved: str | None = None
+
+    def __call__(self, module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                 attention_mask: torch.Tensor | None, **kwargs: Any) -> tuple[torch.Tensor, None]:
+        """The registered attention function: sdpa's output, plus the row statistics of requested layers."""
+        layer = getattr(module, "layer_idx", None)
+        if layer in self._slot:
+            with torch.no_grad():
+                self._record(int(layer), query, key, attention_mask, kwargs.get("scaling"))
+        output: tuple[torch.Tensor, None] = sdpa_attention_forward(module, query, key, value, attention_mask,
+                                                                   **kwargs)
+        return output
+
+    def _bias(self, mask: torch.Tensor | None, batch: int, length: int, device: torch.device
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Bias and valid tokens of `mask`, converted once per forward (layers share one mask object)."""
+        if self._mask is None or self._mask[0] is not mask or self._mask[1] != (batch, length):
+            self._mask = (mask, (batch, length), *mask_bias(mask, batch, length, device))
+        return self._mask[2], self._mask[3]
+
+    def _output(self, layer: int, query: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
+        """This layer's slot in the current forward's statistics, allocated at the forward's first layer."""
+        if layer in self._done:
+            raise RuntimeError(f"layer {layer} ran twice before pop(): call pop() after each forward "
+                               "(generate() and cached decoding are not supported)")
+        batch, n_heads, n_q, _ = query.shape
+        shape = (len(self.layers), 3, batch, key.shape[1], n_q, n_heads // key.shape[1])
+        if self._stats is None:
+            self._stats = query.new_empty(shape, dtype=torch.float32)
+        elif self._stats.shape != shape:
+            raise RuntimeError(f"layer {layer} has statistics of shape {shape[1:]}, earlier layers of this "
+                               f"forward {tuple(self._stats.shape[1:])}: call pop() after each forward")
+        self._done.add(layer)
+        return self._stats[self._slot[layer]]
+
+    def _record(self, layer: int, query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor | None,
+                scaling: float | None) -> None:
+        if key.shape[2] != query.shape[2]:
+            raise ValueError(f"layer {layer}: {query.shape[2]} queries but {key.shape[2]} keys; attention_"
+                             "entropy needs a full forward without a cached prefix (no generate())")
+        bias, _ = self._bias(mask, query.shape[0], key.shape[2], query.device)
+        out = self._output(layer, query, key)
+        scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+        if self._use_graph(query, key):
+            self._graphed(query, key, bias, scale)(query, key, bias, out)
+            return
+        q_blocks, k_blocks = to_blocks(query, key)
+        step = rows_per_block(q_blocks, key.shape[2], self.chunk_bytes)
+        row_statistics(q_blocks, k_blocks, bias, out, scale, self.variants, step)
+
+    def _use_graph(self, query: torch.Tensor, key: torch.Tensor) -> bool:
+        """Graphs pay off where launches dominate, i.e. for small layers; their buffers stay until exit."""
+        if not (self.cuda_graphs and query.is_cuda) or torch.cuda.is_current_stream_capturing():
+            return False
+        batch, n_heads, n_q, _ = query.shape
+        footprint = 4 * (query.numel() + key.numel() + 3 * batch * n_heads * n_q * key.shape[2])
+        return footprint <= _GRAPH_MAX_BYTES
+
+    def _graphed(self, query: torch.Tensor, key: torch.Tensor, bias: torch.Tensor, scale: float
+                 ) -> _GraphedRows:
+        signature = (tuple(query.shape), tuple(key.shape), tuple(bias.shape), scale, query.device)
+        if signature not in self._graphs:
+            q_blocks, k_blocks = to_blocks(query, key)
+            step = rows_per_block(q_blocks, key.shape[2], self.chunk_bytes)
+
+            def run(q: torch.Tensor, k: torch.Tensor, b: torch.Tensor, out: torch.Tensor) -> None:
+                row_statistics(q, k, b, out, scale, self.variants, step)
+
+            self._graphs[signature] = _GraphedRows(q_blocks, k_blocks, bias, run)
+        return self._graphs[signature]
+
+    def pop(self) -> EntropyResult:
+        """The entropies of the last forward, on its device; clears them for the next forward."""
+        missing = [layer for layer in self.layers if layer not in self._done]
+        if missing or self._stats is None or self._mask is None:
+            raise RuntimeError(f"no attention was computed for layers {missing}: run one model forward "
+                               "inside the `with attention_entropy(...)` block before pop()")
+        result = reduce_rows(self._stats, self._mask[3], self.layers, self.variants)
+        self._clear()
+        return result
+
+    def _clear(self) -> None:
+        self._done.clear()
+        self._stats = self._mask = None
+
+    def install(self) -> None:
+        current = self.config._attn_implementation
+        if isinstance(current, str) and current.startswith(_NAME_PREFIX):
+            raise RuntimeError("attention_entropy is already active on this model and blocks do not nest; "
+                               "request all the layers you need in one block")
+        if current != "sdpa":
+            raise ValueError(f"attention_entropy wraps sdpa attention, but the model uses {current!r}: call "
+                             "model.set_attn_implementation('sdpa') first (harness.models.load gives sdpa)")
+        AttentionInterface.register(self.name, self)
+        if _MASK_REGISTRY is not None:
+            _MASK_REGISTRY[self.name] = _MASK_REGISTRY["sdpa"]
+        self._saved = current
+        self.config._attn_implementation = self.name
+
+    def remove(self) -> None:
+        if self._saved is not None:
+            self.config._attn_implementation = self._saved
+            self._saved = None
+        AttentionInterface._global_mapping.pop(self.name, None)
+        if _MASK_REGISTRY is not None:
+            _MASK_REGISTRY.pop(self.name, None)
+        self._clear()
+        self._graphs.clear()
+
+
+@contextmanager
+def attention_entropy(model: torch.nn.Module, layers: Iterable[int] | None = None,
+                      variants: Iterable[str] = VARIANTS, *, chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+                      cuda_graphs: bool = True) -> Iterator[AttentionEntropy]:
+    """Compute the attention entropies of `layers` (default: all) in each forward run inside the block.
+
+    >>> with attention_entropy(model, layers=[0, 5]) as ent:
+    ...     model(input_ids=ids, attention_mask=mask)
+    ...     result = ent.pop().cpu()  # EntropyResult; result.published is (layer, batch, head)
+    """
+    engine = AttentionEntropy(model, layers, variants, chunk_bytes=chunk_bytes, cuda_graphs=cuda_graphs)
+    try:
+        engine.install()
+        yield engine
+    finally:
+        engine.remove()

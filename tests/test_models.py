@@ -1,0 +1,265 @@
+"""Unit tests of harness/models.py: the registry, architecture files, loading, tiny and random-weight builds.
+
+No test downloads anything: missing weights must fail with ModelUnavailable naming the model, its revision
+and the fix; tiny models are built from config, saved and loaded back through the same loader.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import huggingface_hub.constants
+import pytest
+import torch
+
+from harness.models import (
+    DTYPES,
+    FAMILIES,
+    MODELS_DIR,
+    Dims,
+    LoadedModel,
+    ModelUnavailable,
+    _config_from,
+    _load_random,
+    architecture,
+    get_spec,
+    load,
+    load_registry,
+)
+
+PUBLISHED = ("mistral-7b-instruct-v0.2", "mistral-7b-v0.1", "mistral-7b-instruct-v0.1", "qwen2.5-7b",
+             "qwen2.5-7b-instruct", "llama-3.1-8b", "llama-3.1-8b-instruct")
+TINY = ("tiny-mistral", "tiny-mistral-instruct", "tiny-qwen2", "tiny-qwen2-instruct", "tiny-llama",
+        "tiny-llama-instruct")
+# The published architectures (model cards): layers, query heads, kv heads, head dim, d_model.
+PUBLISHED_DIMS = {
+    "mistral": Dims(n_layers=32, n_heads=32, n_kv_heads=8, head_dim=128, d_model=4096),
+    "qwen2": Dims(n_layers=28, n_heads=28, n_kv_heads=4, head_dim=128, d_model=3584),
+    "llama": Dims(n_layers=32, n_heads=32, n_kv_heads=8, head_dim=128, d_model=4096),
+}
+HEX40 = re.compile(r"^[0-9a-f]{40}$")
+VALID_ENTRY = """[models.demo]
+hf_id = "org/demo"
+revision = "0123456789abcdef0123456789abcdef01234567"
+family = "mistral"
+dtype = "float16"
+variant = "base"
+config = "mistral-7b-v0.1.json"
+"""
+
+
+@pytest.fixture
+def no_hub_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Offline, with an empty Hugging Face cache, whatever the machine holds."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+
+
+def state(lm: LoadedModel) -> dict[str, torch.Tensor]:
+    return lm.model.state_dict()
+
+
+# --- registry ---------------------------------------------------------------------------------------------
+
+
+def test_registry_holds_the_published_and_tiny_models() -> None:
+    registry = load_registry()
+    assert len(registry) == 13
+    assert set(registry) == set(PUBLISHED) | set(TINY)
+    assert all(spec.id == model_id for model_id, spec in registry.items())
+
+
+def test_published_models_pin_a_40_hex_revision() -> None:
+    for model_id in PUBLISHED:
+        spec = get_spec(model_id)
+        assert HEX40.match(spec.revision), f"{model_id}: revision {spec.revision!r} is not a pinned commit"
+        assert not spec.tiny and spec.chat_template is False  # neither source applied a chat template
+
+
+def test_instruct_models_name_a_registered_base_of_the_same_family() -> None:
+    registry = load_registry()
+    for spec in registry.values():
+        if spec.base is not None:
+            assert spec.variant == "instruct"
+            assert registry[spec.base].family == spec.family and registry[spec.base].variant == "base"
+
+
+@pytest.mark.parametrize("published_id", PUBLISHED)
+def test_published_architecture_dims_load_through_dims(published_id: str) -> None:
+    spec = get_spec(published_id)
+    assert architecture(spec)["model_type"] == spec.family
+    assert Dims.from_config(_config_from(spec)) == PUBLISHED_DIMS[spec.family]
+
+
+def test_mistral_instruct_v02_value_width_is_1024_not_4096() -> None:
+    dims = Dims.from_config(_config_from(get_spec("mistral-7b-instruct-v0.2")))
+    assert (dims.n_layers, dims.n_heads, dims.n_kv_heads, dims.head_dim) == (32, 32, 8, 128)
+    assert dims.n_kv_heads * dims.head_dim == 1024 != dims.d_model
+
+
+@pytest.mark.parametrize("tiny_id", TINY)
+def test_tiny_architectures_use_gqa_odd_heads_and_unpublished_depths(tiny_id: str) -> None:
+    dims = Dims.from_config(_config_from(get_spec(tiny_id)))
+    assert dims.n_kv_heads < dims.n_heads and dims.n_heads % 2 == 1
+    assert dims.n_layers not in (28, 32) and dims.n_layers >= 12
+
+
+def test_unknown_model_lists_the_known_ids() -> None:
+    with pytest.raises(KeyError) as err:
+        get_spec("mistral-7b")
+    message = err.value.args[0]
+    assert message.startswith("unknown model 'mistral-7b'; known models: ")
+    assert all(model_id in message for model_id in (*PUBLISHED, *TINY))
+
+
+@pytest.mark.parametrize(("change", "pattern"), [
+    ('revsion = "x"\n', r"model 'demo' has unknown keys \['revsion'\]; allowed: \["),
+    ("", None),
+])
+def test_registry_rejects_unknown_keys(tmp_path: Path, change: str, pattern: str | None) -> None:
+    path = tmp_path / "registry.toml"
+    path.write_text(VALID_ENTRY + change, encoding="utf-8")
+    if pattern is None:
+        assert load_registry(path)["demo"].torch_dtype is torch.float16
+        return
+    with pytest.raises(ValueError, match=pattern) as err:
+        load_registry(path)
+    assert str(err.value).startswith(str(path))
+
+
+@pytest.mark.parametrize(("old", "new", "pattern"), [
+    ('family = "mistral"', 'family = "gpt2"', r"family='gpt2'; allowed: \('mistral', 'qwen2', 'llama'\)"),
+    ('dtype = "float16"', 'dtype = "fp16"', r"dtype='fp16'; allowed: \['bfloat16', 'float16', 'float32'\]"),
+    ('variant = "base"', 'variant = "instruct"\nbase = "nowhere"', r"names base 'nowhere', which is not in"),
+])
+def test_registry_rejects_bad_values(tmp_path: Path, old: str, new: str, pattern: str) -> None:
+    path = tmp_path / "registry.toml"
+    path.write_text(VALID_ENTRY.replace(old, new), encoding="utf-8")
+    with pytest.raises(ValueError, match=pattern) as err:
+        load_registry(path)
+    assert str(err.value).startswith(f"{path}: model 'demo'")
+    assert set(FAMILIES) == {"mistral", "qwen2", "llama"} and "float16" in DTYPES
+
+
+# --- missing weights --------------------------------------------------------------------------------------
+
+
+@pytest.mark.usefixtures("no_hub_cache")
+@pytest.mark.parametrize("allow_download", [False, True])
+def test_missing_pretrained_weights_name_model_revision_and_fix(allow_download: bool) -> None:
+    spec = get_spec("mistral-7b-v0.1")
+    with pytest.raises(ModelUnavailable) as err:
+        load(spec, allow_download=allow_download)  # HF_HUB_OFFLINE=1 wins over --allow-download
+    message = str(err.value)
+    assert message.startswith("weights for 'mistral-7b-v0.1' not found")
+    assert f"{spec.hf_id} @ {spec.revision}" in message
+    assert "--model-path mistral-7b-v0.1=DIR" in message and "--weights random" in message
+
+
+@pytest.mark.parametrize("make", ["missing", "file"])
+def test_model_path_that_is_not_a_directory(tmp_path: Path, make: str) -> None:
+    path = tmp_path / "weights"
+    if make == "file":
+        path.write_text("not a model", encoding="utf-8")
+    with pytest.raises(ModelUnavailable, match=rf"--model-path for 'mistral-7b-v0.1' is {re.escape(str(path))}, "
+                                               r"which is not a directory; provide the weights of 'mistral-7b-v0.1' "
+                                               r"\(mistralai/Mistral-7B-v0.1 @ 27d67f1b"):
+        load(get_spec("mistral-7b-v0.1"), model_path=path)
+
+
+@pytest.mark.usefixtures("no_hub_cache")
+def test_model_path_directory_without_a_model(tmp_path: Path) -> None:
+    with pytest.raises(ModelUnavailable, match=r"is .*, which holds no config.json; .*--model-path qwen2.5-7b=DIR"):
+        load(get_spec("qwen2.5-7b"), model_path=tmp_path)
+
+
+@pytest.mark.usefixtures("no_hub_cache")
+def test_model_path_directory_with_a_config_but_no_weights(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text(_config_from(get_spec("tiny-qwen2")).to_json_string(), encoding="utf-8")
+    with pytest.raises(ModelUnavailable, match=r"weights for 'qwen2.5-7b' not found .*--model-path qwen2.5-7b=DIR"):
+        load(get_spec("qwen2.5-7b"), model_path=tmp_path)
+
+
+def test_load_rejects_an_unknown_weights_kind() -> None:
+    with pytest.raises(ValueError, match=r"weights='trained'; allowed: \('pretrained', 'random'\)"):
+        load(get_spec("tiny-mistral"), weights="trained")
+
+
+def test_tiny_model_needs_a_cache_dir() -> None:
+    with pytest.raises(ValueError, match="tiny model 'tiny-llama' needs a cache_dir"):
+        load(get_spec("tiny-llama"))
+
+
+# --- tiny models ------------------------------------------------------------------------------------------
+
+
+def test_tiny_models_load_with_their_config_dims(tiny_models: dict[str, LoadedModel]) -> None:
+    for model_id, lm in tiny_models.items():
+        spec = get_spec(model_id)
+        assert lm.dims == Dims.from_config(_config_from(spec))
+        info = lm.describe()
+        assert (info["id"], info["requested_revision"], info["weights"], info["dtype"]) == (model_id, "tiny", "tiny",
+                                                                                           "float32")
+        assert info["resolved_revision"].startswith("local:") and info["dims"] == vars(lm.dims)
+        assert lm.tokenizer.padding_side == "right" and lm.tokenizer.pad_token is not None
+
+
+def test_tiny_model_round_trips_through_its_saved_directory(tmp_path: Path) -> None:
+    lm = load(get_spec("tiny-mistral"), cache_dir=tmp_path)
+    directory = tmp_path / "tiny-mistral"
+    assert {"config.json", "harness_provenance.json", "tokenizer.json"} <= {p.name for p in directory.iterdir()}
+    again = load(lm.spec, model_path=directory)
+    assert again.resolved_revision == lm.resolved_revision
+    assert again.resolved_revision.startswith("local:") and len(again.resolved_revision) == len("local:") + 12
+    for name, tensor in state(lm).items():
+        assert torch.equal(tensor, state(again)[name]), name
+    prompt = "The capital of France is"
+    assert again.tokenizer(prompt)["input_ids"] == lm.tokenizer(prompt)["input_ids"]
+
+
+def test_tiny_builds_are_seeded(tmp_path: Path, tiny_models: dict[str, LoadedModel]) -> None:
+    lm = tiny_models["tiny-llama"]
+    same = load(lm.spec, cache_dir=tmp_path / "same", seed=0)
+    other = load(lm.spec, cache_dir=tmp_path / "other", seed=1)
+    assert same.resolved_revision == lm.resolved_revision != other.resolved_revision
+    name = "model.layers.0.self_attn.v_proj.weight"
+    assert torch.equal(state(same)[name], state(lm)[name])
+    assert not torch.equal(state(other)[name], state(lm)[name])
+
+
+def test_tiny_instruct_twin_is_a_perturbation_of_its_base(tmp_path: Path,
+                                                          tiny_models: dict[str, LoadedModel]) -> None:
+    base = tiny_models["tiny-qwen2"]
+    twin = load(get_spec("tiny-qwen2-instruct"), cache_dir=tmp_path)
+    assert twin.spec.base == base.id and twin.dims == base.dims
+    assert twin.resolved_revision != base.resolved_revision
+    for name, weight in state(base).items():
+        if weight.norm() == 0:  # zero-initialised biases: a multiplicative perturbation keeps them zero
+            assert torch.equal(state(twin)[name], weight), name
+            continue
+        delta = (state(twin)[name] - weight).norm() / weight.norm()
+        assert 0.01 < delta < 0.5, f"{name}: relative change {delta:.3f} is not a small perturbation"
+
+
+# --- random weights ---------------------------------------------------------------------------------------
+
+
+def test_random_weight_build_is_seeded_and_recorded() -> None:
+    spec = get_spec("tiny-mistral")  # the random-weight path at tiny size; published ones are GPU-sized
+    first, again, other = (_load_random(spec, ["cpu"], seed) for seed in (0, 0, 3))
+    assert first.weights == "random" and first.source == "fixtures/models/tiny-mistral.json"
+    assert re.match(r"^random:seed0:[0-9a-f]{12}$", first.resolved_revision)
+    assert other.resolved_revision.startswith("random:seed3:")
+    assert first.dims == Dims.from_config(_config_from(spec)) and first.model.dtype == torch.float32
+    assert first.provenance["random_seed"] == 0 and first.provenance["tokenizer"].startswith("harness-offline-bpe:")
+    name = "model.layers.0.self_attn.v_proj.weight"
+    assert torch.equal(state(first)[name], state(again)[name])
+    assert not torch.equal(state(first)[name], state(other)[name])
+    ids = first.tokenizer("Observe yourself generating this response.")["input_ids"]
+    assert max(ids) < first.model.config.vocab_size and ids[0] == first.tokenizer.bos_token_id
+
+
+def test_architecture_files_exist_for_every_spec() -> None:
+    for spec in load_registry().values():
+        assert (MODELS_DIR / spec.config).is_file(), spec.id

@@ -1,0 +1,143 @@
+"""Unit tests of harness/prompts.py: loading prompt banks, their errors, hashes and command-line overrides.
+
+The contents of the project's banks are tested in test_prompt_banks.py; this file tests the loader.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from harness.prompts import PROMPTS_DIR, BankError, bank_for, load_bank
+
+BANK = """[bank]
+id = "demo"
+version = 2
+
+[categories]
+recursive = ["Notice the noticing.", "Watch the watcher."]
+baseline = ["The capital of France is"]
+"""
+
+
+def write(directory: Path, text: str, name: str = "demo.toml") -> Path:
+    path = directory / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_every_project_bank_loads_with_its_file_hash() -> None:
+    paths = sorted(PROMPTS_DIR.glob("*.toml"))
+    assert paths
+    for path in paths:
+        bank = load_bank(path)
+        assert bank.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+        assert all(bank.categories.values())
+
+
+def test_a_bank_loads_its_categories_in_order(tmp_path: Path) -> None:
+    bank = load_bank(write(tmp_path, BANK))
+    assert (bank.id, bank.version) == ("demo", 2)
+    assert list(bank.categories) == ["recursive", "baseline"]
+    assert bank.category("recursive") == ["Notice the noticing.", "Watch the watcher."]
+    assert bank.describe() == {"id": "demo", "version": 2, "path": str(tmp_path / "demo.toml"),
+                               "sha256": bank.sha256, "sizes": {"recursive": 2, "baseline": 1}}
+
+
+def test_id_and_version_default_to_file_name_and_one(tmp_path: Path) -> None:
+    bank = load_bank(write(tmp_path, BANK.replace('id = "demo"\nversion = 2\n', 'description = "x"\n'), "mine.toml"))
+    assert (bank.id, bank.version) == ("mine", 1)
+
+
+def test_category_returns_a_copy(tmp_path: Path) -> None:
+    bank = load_bank(write(tmp_path, BANK))
+    bank.category("baseline").append("changed")
+    assert bank.category("baseline") == ["The capital of France is"]
+
+
+# --- errors name the path ---------------------------------------------------------------------------------
+
+
+def test_missing_file_names_the_path_and_the_format(tmp_path: Path) -> None:
+    path = tmp_path / "nowhere.toml"
+    with pytest.raises(BankError, match=rf"prompt bank {path} does not exist; give a TOML file in the format of "
+                                        rf"{PROMPTS_DIR}"):
+        load_bank(path)
+
+
+@pytest.mark.parametrize("text", ["[bank\nid = 'x'\n", "[categories]\nrecursive = [\"a\"\n"])
+def test_bad_toml_names_the_path(tmp_path: Path, text: str) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(BankError, match=rf"prompt bank {path} is not valid UTF-8 TOML"):
+        load_bank(path)
+
+
+def test_non_utf8_file_names_the_path(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.toml"
+    path.write_bytes(BANK.replace("France", "Fran\u00e7e").encode("latin-1"))
+    with pytest.raises(BankError, match=rf"prompt bank {path} is not valid UTF-8 TOML"):
+        load_bank(path)
+
+
+@pytest.mark.parametrize("text", ['[bank]\nid = "x"\n', '[categories]\na = ["x"]\n', '[bank]\nid = "x"\n[categories]\n'])
+def test_missing_tables_name_the_path(tmp_path: Path, text: str) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(BankError, match=rf"prompt bank {path} needs a \[bank\] table \(id, version\) and a "
+                                        r"non-empty \[categories\] table"):
+        load_bank(path)
+
+
+def test_empty_category_names_the_path_and_the_category(tmp_path: Path) -> None:
+    path = write(tmp_path, BANK.replace('baseline = ["The capital of France is"]', "baseline = []"))
+    with pytest.raises(BankError, match=rf"prompt bank {path}: category 'baseline' is empty"):
+        load_bank(path)
+
+
+def test_blank_or_non_string_prompts_are_counted(tmp_path: Path) -> None:
+    path = write(tmp_path, BANK.replace('["The capital of France is"]', '["ok", "  ", 3]'))
+    with pytest.raises(BankError, match=rf"prompt bank {path}: category 'baseline' holds 2 empty or non-string"):
+        load_bank(path)
+
+
+def test_unknown_category_lists_the_categories(tmp_path: Path) -> None:
+    bank = load_bank(write(tmp_path, BANK))
+    with pytest.raises(BankError, match=r"has no category 'control'; it has: recursive, baseline"):
+        bank.category("control")
+
+
+# --- hashes -----------------------------------------------------------------------------------------------
+
+
+def test_sha256_follows_the_bytes(tmp_path: Path) -> None:
+    original = load_bank(write(tmp_path, BANK)).sha256
+    assert load_bank(write(tmp_path, BANK, "copy.toml")).sha256 == original
+    assert load_bank(write(tmp_path, BANK.replace("Watch", "See"), "edited.toml")).sha256 != original
+    assert load_bank(write(tmp_path, "# a comment\n" + BANK, "commented.toml")).sha256 != original
+
+
+# --- overrides --------------------------------------------------------------------------------------------
+
+
+def test_bank_for_uses_the_project_bank_by_default() -> None:
+    bank = bank_for("rv_contraction")
+    assert bank.path == PROMPTS_DIR / "rv_contraction.toml"
+    assert bank_for("rv_contraction", {}, "rv_contraction").sha256 == bank.sha256
+
+
+def test_bank_for_override_wins_for_its_claim_only(tmp_path: Path) -> None:
+    path = write(tmp_path, BANK)
+    overrides = {"rv_contraction": path}
+    assert bank_for("rv_contraction", overrides, "rv_contraction").path == path
+    assert bank_for("rv_contraction", overrides, "other_claim").path == PROMPTS_DIR / "rv_contraction.toml"
+
+
+def test_bank_for_override_that_is_missing_names_its_path(tmp_path: Path) -> None:
+    with pytest.raises(BankError, match=rf"prompt bank {tmp_path / 'gone.toml'} does not exist"):
+        bank_for("rv_contraction", {"rv_contraction": tmp_path / "gone.toml"}, "rv_contraction")
+
+
+def test_bank_for_unknown_name_names_the_expected_path() -> None:
+    with pytest.raises(BankError, match=rf"prompt bank {PROMPTS_DIR / 'no_such_bank.toml'} does not exist"):
+        bank_for("no_such_bank")

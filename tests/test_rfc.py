@@ -1,0 +1,365 @@
+"""Unit and property tests of harness/rfc.py: attention entropy as published, RFC/RSI and their statistics."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy import stats
+
+from harness.rfc import (
+    CONFOUNDER,
+    EPS,
+    NEUTRAL,
+    SELF,
+    LayerStats,
+    PromptEntropies,
+    UnstableRule,
+    benjamini_hochberg,
+    bonferroni_significant,
+    bos_mass,
+    category_entropy,
+    circular_shift_p,
+    cohens_d,
+    compare_layers,
+    correlate_profiles,
+    entropy_from_pattern,
+    head_level_rfc,
+    held_out_head_ranking,
+    layer_metric,
+    layer_stats,
+    mean_abs_pattern,
+    mean_over_queries,
+    normalised_entropy_from_pattern,
+    normalised_head_entropy,
+    paired_bootstrap_diff,
+    published_head_entropy,
+    rfc,
+    rsi,
+    threshold_counts,
+    unstable_denominator,
+)
+
+# Strategies at module level: sequence lengths, head counts, seeds, positive entropies.
+lengths = st.integers(min_value=1, max_value=12)
+head_counts = st.integers(min_value=1, max_value=5)
+seeds = st.integers(min_value=0, max_value=2**32 - 1)
+entropies = st.floats(min_value=1e-3, max_value=10.0, allow_nan=False)
+
+
+def causal_softmax(logits: np.ndarray) -> np.ndarray:
+    """Post-softmax causal attention (..., T, T) from arbitrary logits: future keys get exactly 0."""
+    t = logits.shape[-1]
+    masked = np.where(np.tril(np.ones((t, t), dtype=bool)), logits, -np.inf)
+    weights = np.exp(masked - masked.max(-1, keepdims=True))
+    return weights / weights.sum(-1, keepdims=True)
+
+
+def random_pattern(seed: int, batch: int, heads: int, t: int, scale: float = 3.0) -> np.ndarray:
+    return causal_softmax(np.random.default_rng(seed).normal(0, scale, (batch, heads, t, t)))  # (b, h, q, k)
+
+
+def uniform_causal(t: int, batch: int = 1, heads: int = 1) -> np.ndarray:
+    rows = np.tril(np.ones((t, t))) / np.arange(1, t + 1)[:, None]  # row q: 1/(q+1) on keys 0..q
+    return np.broadcast_to(rows, (batch, heads, t, t)).copy()
+
+
+# ---- entropy as published ------------------------------------------------------------------------------
+
+@given(seed=seeds, heads=head_counts, t=lengths)
+def test_entropy_lies_between_zero_and_log_k(seed: int, heads: int, t: int) -> None:
+    h = entropy_from_pattern(random_pattern(seed, 2, heads, t))
+    assert h.shape == (2, heads, t)
+    assert (h >= -1e-12).all() and (h <= math.log(t) + 1e-12).all()
+
+
+@given(t=st.integers(min_value=1, max_value=40))
+def test_uniform_causal_attention_gives_log_factorial_over_t(t: int) -> None:
+    head_value = published_head_entropy(uniform_causal(t))[0, 0]
+    # (1/T) sum_q ln(q+1) = ln(T!)/T, up to the EPS given to each of at most T future keys of a row.
+    eps_bias = t * EPS * (1 - math.log(EPS))
+    assert head_value == pytest.approx(math.lgamma(t + 1) / t, abs=eps_bias)
+    assert head_value != pytest.approx(math.lgamma(t + 2) / (t + 1), abs=eps_bias)  # one token longer differs
+
+
+def test_uniform_causal_per_query_entropy_is_log_q_plus_1() -> None:
+    h = entropy_from_pattern(uniform_causal(6))[0, 0]
+    np.testing.assert_allclose(h, np.log(np.arange(1, 7)), atol=1e-6)
+    assert h[0] < 1e-6  # q = 0 has true entropy 0 and still counts in the published mean
+
+
+def test_one_hot_rows_get_the_published_epsilon_on_every_key() -> None:
+    t, eps = 5, 1e-8
+    pattern = np.zeros((1, 1, t, t))
+    pattern[..., 0] = 1.0  # every query attends to BOS only
+    # All t keys (future ones too) get eps before renormalising: one key holds (1 + eps)/(1 + t eps).
+    hot, cold = (1 + eps) / (1 + t * eps), eps / (1 + t * eps)
+    expected = -(hot * math.log(hot) + (t - 1) * cold * math.log(cold))
+    np.testing.assert_allclose(entropy_from_pattern(pattern)[0, 0], expected, rtol=1e-9)
+
+
+@given(seed=seeds, t=st.integers(min_value=1, max_value=12))
+def test_mean_abs_pattern_is_exactly_one_over_t_for_causal_rows(seed: int, t: int) -> None:
+    # W-B7: the source's head-ranking score is the same constant for every head.
+    np.testing.assert_allclose(mean_abs_pattern(random_pattern(seed, 2, 3, t)), 1.0 / t, rtol=1e-12)
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_padding_does_not_change_entropies(side: str) -> None:
+    lens, t = (3, 5), 5
+    batch = np.zeros((2, 2, t, t))
+    mask = np.zeros((2, t))
+    alone = []
+    for i, n in enumerate(lens):
+        pattern = random_pattern(i, 1, 2, n)
+        sl = slice(t - n, t) if side == "left" else slice(0, n)
+        batch[i, :, sl, sl] = pattern[0]
+        mask[i, sl] = 1
+        alone.append(pattern)
+    for fn in (entropy_from_pattern, normalised_entropy_from_pattern, bos_mass):
+        padded = fn(batch, mask)
+        for i, n in enumerate(lens):
+            sl = slice(t - n, t) if side == "left" else slice(0, n)
+            np.testing.assert_allclose(padded[i, :, sl], fn(alone[i])[0], rtol=1e-12, equal_nan=True)
+            assert np.isnan(np.delete(padded[i], np.arange(t)[sl], axis=-1)).all()
+    np.testing.assert_allclose(published_head_entropy(batch, mask)[0], published_head_entropy(alone[0])[0])
+
+
+def test_normalised_entropy_of_uniform_attention() -> None:
+    t = 7
+    h = normalised_entropy_from_pattern(uniform_causal(t))[0, 0]
+    q = np.arange(1, t)
+    assert np.isnan(h[0])
+    # BOS dropped: keys 1..q stay uniform, so H_q = ln q and the value is ln q / ln(q+1).
+    np.testing.assert_allclose(h[1:], np.log(q) / np.log(q + 1), atol=1e-6)
+    expected = np.mean(np.log(q) / np.log(q + 1))
+    assert normalised_head_entropy(uniform_causal(t))[0, 0] == pytest.approx(expected, abs=1e-6)
+
+
+@given(seed=seeds, t=st.integers(min_value=2, max_value=12))
+def test_normalised_entropy_bounds(seed: int, t: int) -> None:
+    h = normalised_entropy_from_pattern(random_pattern(seed, 1, 3, t))[..., 1:]
+    q = np.arange(1, t)
+    assert (h >= -1e-12).all() and (h <= np.log(q) / np.log(q + 1) + 1e-9).all()
+
+
+def test_bos_mass_of_uniform_attention_is_one_over_q_plus_1() -> None:
+    np.testing.assert_allclose(bos_mass(uniform_causal(5))[0, 0], 1.0 / np.arange(1, 6))
+
+
+def test_torch_input_matches_numpy() -> None:
+    pattern = random_pattern(3, 2, 3, 6)
+    np.testing.assert_allclose(entropy_from_pattern(torch.from_numpy(pattern).float()),
+                               entropy_from_pattern(pattern.astype(np.float32)), rtol=1e-12)
+
+
+def test_mean_over_queries_excludes_first_position_when_asked() -> None:
+    per_query = np.array([[[10.0, 1.0, 3.0]]])
+    assert mean_over_queries(per_query)[0, 0] == pytest.approx(14 / 3)
+    assert mean_over_queries(per_query, first_position=1)[0, 0] == pytest.approx(2.0)
+
+
+@pytest.mark.parametrize(("pattern", "mask", "match"), [
+    (np.full((1, 1, 3, 3), np.nan), None, "non-finite"),
+    (np.ones((1, 3, 3)), None, "expected 4 axes"),
+    (np.ones((1, 1, 3, 4)) / 4, None, "square"),
+    (-np.ones((1, 1, 2, 2)), None, "non-negative"),
+    (np.zeros((1, 1, 0, 0)), None, "empty"),
+    (np.ones((1, 1, 3, 3)) / 3, np.ones((1, 4)), r"needs \(1, 3\)"),
+    (np.ones((1, 1, 3, 3)) / 3, np.zeros((1, 3)), "at least one 1"),
+])
+def test_bad_patterns_raise_naming_the_value(pattern: np.ndarray, mask: np.ndarray | None,
+                                             match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        entropy_from_pattern(pattern, mask)
+
+
+# ---- RFC / RSI -----------------------------------------------------------------------------------------
+
+@given(a=entropies, b=entropies)
+def test_rfc_sign_flips_when_self_and_neutral_swap(a: float, b: float) -> None:
+    forward, backward = rfc(np.array([a]), np.array([b]))[0], rfc(np.array([b]), np.array([a]))[0]
+    assert np.sign(forward) == -np.sign(backward)
+    assert (forward > 0) == (a < b)  # positive RFC: self prompts have lower entropy
+
+
+def test_rfc_rsi_values() -> None:
+    s, n, c = np.array([1.0, 2.0]), np.array([2.0, 2.0]), np.array([1.5, 3.0])
+    np.testing.assert_allclose(rfc(s, n), [0.5, 0.0])
+    np.testing.assert_allclose(rsi(s, n, c), [0.25, 0.5])
+    with pytest.raises(ValueError, match="H_neutral is <= 0"):
+        rfc(s, np.array([1.0, 0.0]))
+    with pytest.raises(ValueError, match="shapes differ"):
+        rsi(s, n, np.ones(3))
+
+
+def category(values: np.ndarray, tokens: list[int]) -> PromptEntropies:
+    return PromptEntropies(np.asarray(values, dtype=float), np.asarray(tokens, dtype=float))
+
+
+def test_aggregations_a_and_b_by_hand() -> None:
+    # 2 prompts, 1 layer, 2 heads; prompt 0 has 1 token, prompt 1 has 3.
+    self_ = category([[[1.0, 3.0]], [[2.0, 2.0]]], [1, 3])
+    neutral = category([[[2.0, 4.0]], [[4.0, 4.0]]], [1, 3])
+    cats = {SELF: self_, NEUTRAL: neutral, CONFOUNDER: neutral}
+    # (a): per-prompt head means 2, 2 (self) and 3, 4 (neutral); category means 2 and 3.5.
+    assert layer_metric(cats, "rfc", "prompt_mean")[0] == pytest.approx(1 - 2 / 3.5)
+    # (b): token-weighted per head: self (1*1+3*2)/4 = 1.75, (3+6)/4 = 2.25; neutral 3.5, 4.0.
+    np.testing.assert_allclose(category_entropy(self_, "pooled"), [[1.75, 2.25]])
+    assert layer_metric(cats, "rfc", "pooled")[0] == pytest.approx(np.mean([1 - 1.75 / 3.5, 1 - 2.25 / 4.0]))
+    assert layer_metric(cats, "rsi", "pooled")[0] == pytest.approx(np.mean([1.75 / 3.5, 1.75 / 4.0]))
+
+
+def synthetic_categories(seed: int, prompts: int = 12, layers: int = 3, heads: int = 32,
+                         self_shift: float = 0.0) -> dict[str, PromptEntropies]:
+    rng = np.random.default_rng(seed)
+    tokens = rng.integers(4, 12, prompts).astype(float)
+    out = {k: PromptEntropies(rng.uniform(0.5, 1.5, (prompts, layers, heads)), tokens)
+           for k in (SELF, NEUTRAL, CONFOUNDER)}
+    out[SELF] = PromptEntropies(out[SELF].head_means - self_shift, tokens)
+    return out
+
+
+def test_heads_are_counted_from_the_shape_unless_told() -> None:
+    cats = synthetic_categories(0, heads=32)
+    assert head_level_rfc(cats).rfc.n_heads == 32
+    counted = head_level_rfc(cats, heads_counted=28)
+    assert counted.rfc.n_heads == 28 and counted.rfc_heads.shape == (3, 28)
+    np.testing.assert_allclose(counted.rfc.mean, head_level_rfc(cats).rfc_heads[:, :28].mean(-1))
+    assert not np.allclose(counted.rfc.mean, head_level_rfc(cats).rfc.mean)
+    with pytest.raises(ValueError, match="heads_counted=33 but the input has 32 heads"):
+        head_level_rfc(cats, heads_counted=33)
+
+
+def test_layer_stats_ci_matches_scipy_t_interval_with_28_heads() -> None:
+    values = np.random.default_rng(1).normal(0.1, 0.2, (4, 32))
+    s = layer_stats(values, heads_counted=28)
+    first = values[:, :28]
+    low, high = stats.t.interval(0.95, 27, loc=first.mean(-1), scale=stats.sem(first, axis=-1))
+    np.testing.assert_allclose(s.ci_low, low, rtol=1e-12)
+    np.testing.assert_allclose(s.ci_high, high, rtol=1e-12)
+    np.testing.assert_allclose(s.std, values[:, :28].std(-1, ddof=1))
+
+
+def test_compare_layers_ci_formula() -> None:
+    base = LayerStats(np.array([0.1, 0.2]), np.array([0.2, 0.3]), np.zeros(2), np.zeros(2), 28)
+    inst = LayerStats(np.array([0.0, 0.21]), np.array([0.1, 0.3]), np.zeros(2), np.zeros(2), 32)
+    cmp = compare_layers(base, inst)
+    se = np.sqrt(base.std**2 / 28 + inst.std**2 / 32)
+    low, high = stats.t.interval(0.95, 27, loc=inst.mean - base.mean, scale=se)
+    assert cmp.df == 27
+    np.testing.assert_allclose([cmp.ci_low, cmp.ci_high], [low, high], rtol=1e-12)
+    assert cmp.significant.tolist() == [bool(high[0] < 0), False]
+    critical = stats.t.ppf(1 - 0.025 / 2, 27)
+    assert bonferroni_significant(cmp.diff, se, 27).tolist() == (np.abs(cmp.diff) / se > critical).tolist()
+
+
+def test_threshold_counts_at_the_boundaries() -> None:
+    counts = threshold_counts([-0.01, 0.01, -0.0101, 0.0101, 0.0, -0.5])
+    assert (counts.below, counts.above, counts.near_zero, counts.n) == (2, 1, 3, 6)
+
+
+def test_unstable_denominator_rule() -> None:
+    rfc_values = np.array([-7.41, 0.1, -0.99, 1.5])
+    assert unstable_denominator(rfc_values).tolist() == [True, False, False, True]
+    strict = UnstableRule(max_abs_rfc=0.5)
+    assert unstable_denominator(rfc_values, rule=strict).tolist() == [True, False, True, True]
+    h_neutral = np.array([[1.0, 1.0], [1.0, 0.01], [1.0, 1.0], [1.0, 1.0]])  # (layer, head)
+    assert unstable_denominator(rfc_values, h_neutral).tolist() == [True, True, False, True]
+    with pytest.raises(ValueError, match="4 layers"):
+        unstable_denominator(rfc_values, np.ones(3))
+    with pytest.raises(ValueError, match="must be finite"):
+        unstable_denominator(rfc_values, np.array([1.0, np.nan, 1.0, 1.0]))
+
+
+# ---- prompt-level statistics ---------------------------------------------------------------------------
+
+def test_paired_bootstrap_is_seeded_and_paired() -> None:
+    base = synthetic_categories(2, prompts=20, layers=2, heads=4)
+    # Instruct lowers every self prompt's entropy by 0.05: small next to the prompt-to-prompt spread
+    # (uniform 0.5-1.5), but identical for each prompt, so only a paired resampling sees it clearly.
+    instruct = {k: PromptEntropies(v.head_means - (0.05 if k == SELF else 0.0), v.n_tokens)
+                for k, v in base.items()}
+    first = paired_bootstrap_diff(base, instruct, n_boot=300, seed=7)
+    again = paired_bootstrap_diff(base, instruct, n_boot=300, seed=7)
+    np.testing.assert_array_equal(first.ci_low, again.ci_low)
+    expected = layer_metric(instruct) - layer_metric(base)
+    np.testing.assert_allclose(first.observed, expected)
+    assert (first.observed > 0).all() and (first.ci_low > 0).all()
+    assert (first.p_value == pytest.approx(2 / 301))  # no draw crosses 0: the smallest p this n_boot gives
+    other = paired_bootstrap_diff(base, instruct, n_boot=300, seed=8)
+    assert not np.array_equal(first.ci_low, other.ci_low)
+
+
+def test_paired_bootstrap_of_identical_models_is_null() -> None:
+    base = synthetic_categories(3, prompts=10, layers=2, heads=4)
+    res = paired_bootstrap_diff(base, base, metric="rsi", aggregation="prompt_mean", n_boot=50, seed=0)
+    np.testing.assert_array_equal(res.observed, 0.0)
+    np.testing.assert_array_equal(res.p_value, 1.0)
+
+
+def test_paired_bootstrap_rejects_unpaired_inputs() -> None:
+    base, other = synthetic_categories(0, prompts=10), synthetic_categories(0, prompts=9)
+    with pytest.raises(ValueError, match="same prompts through both models"):
+        paired_bootstrap_diff(base, other, n_boot=10)
+
+
+def test_benjamini_hochberg_matches_scipy() -> None:
+    p = np.array([0.001, 0.02, 0.03, 0.04, 0.2, 0.9, 0.011])
+    res = benjamini_hochberg(p, alpha=0.05)
+    np.testing.assert_allclose(res.adjusted, stats.false_discovery_control(p), rtol=1e-12)
+    assert res.rejected.tolist() == (stats.false_discovery_control(p) <= 0.05).tolist()
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        benjamini_hochberg([0.5, 1.2])
+
+
+def test_correlate_profiles_matches_scipy_and_shift_null() -> None:
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=32)
+    y = x + rng.normal(scale=0.5, size=32)
+    res = correlate_profiles(x, y)
+    assert res.pearson_r == pytest.approx(stats.pearsonr(x, y).statistic)
+    assert res.spearman_rho == pytest.approx(stats.spearmanr(x, y).statistic)
+    assert res.shift_p == pytest.approx(1 / 32)  # no other cyclic shift correlates as strongly
+    smooth = np.sin(np.linspace(0, 2 * np.pi, 32, endpoint=False))
+    assert circular_shift_p(smooth, smooth) == pytest.approx(2 / 32)  # the half-period shift gives r = -1
+    with pytest.raises(ValueError, match="32 and 28 layers"):
+        correlate_profiles(x, y[:28])
+    with pytest.raises(ValueError, match="constant"):
+        correlate_profiles(np.ones(5), np.arange(5.0))
+
+
+def test_cohens_d_pooled_sd_ddof1() -> None:
+    a = np.array([1.0, 2.0, 3.0]).reshape(3, 1, 1)
+    b = np.array([2.0, 4.0, 6.0, 8.0]).reshape(4, 1, 1)
+    pooled = math.sqrt((2 * 1.0 + 3 * np.var([2, 4, 6, 8], ddof=1)) / 5)
+    assert cohens_d(a, b)[0, 0] == pytest.approx((2.0 - 5.0) / pooled)
+
+
+@settings(max_examples=20, deadline=None)
+@given(seed=seeds)
+def test_held_out_ranking_recovers_planted_heads(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    graded = np.linspace(0.0, 0.2, 15).reshape(3, 5)  # every head a little role-sensitive (d 0 to 2)
+    self_ = rng.normal(1.0, 0.1, (40, 3, 5)) - graded
+    neutral = rng.normal(1.0, 0.1, (40, 3, 5))
+    self_[:, 1, 2] -= 0.5  # two strongly role-sensitive heads, d of about 5
+    self_[:, 0, 4] -= 0.4
+    res = held_out_head_ranking(self_, neutral, top_k=2, seed=seed)
+    assert set(res.top_heads) == {(1, 2), (0, 4)}
+    assert res.top_k_overlap == 1.0
+    assert res.d_discovery.shape == (3, 5) and res.rank_correlation > 0.5
+
+
+def test_prompt_entropies_validation() -> None:
+    with pytest.raises(ValueError, match="one positive count per prompt"):
+        PromptEntropies(np.ones((3, 2, 2)), np.ones(2))
+    with pytest.raises(ValueError, match="non-finite"):
+        PromptEntropies(np.full((3, 2, 2), np.nan), np.ones(3))
+    with pytest.raises(ValueError, match="category 'confounder' missing"):
+        layer_metric({SELF: category([[[1.0, 1.0]]] * 2, [2, 2]),
+                      NEUTRAL: category([[[1.0, 1.0]]] * 2, [2, 2])}, "rsi")
