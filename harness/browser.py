@@ -1,4 +1,4 @@
-"""Look at a page the way a person would: headless Chromium driven over its DevTools pipe, standard library only.
+"""Look at a page as a person would: headless Chromium driven over its DevTools pipe, standard library only.
 
 `inspect_page(path)` loads a local HTML file in Debian's `chromium` (`--remote-debugging-pipe`: commands on
 fd 3, replies on fd 4, each a JSON message ended by a NUL byte), and returns what the browser saw: console
@@ -15,6 +15,7 @@ import os
 import select
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -35,6 +36,19 @@ IMAGES_JS = """(async () => Promise.all(Array.from(document.images, async (img) 
 })))()"""
 GRID_JS = """Array.from(document.querySelectorAll('table.grid td[data-claim]'),
   td => [td.dataset.claim, td.dataset.model, td.dataset.verdict])"""
+
+
+# Chromium reads the pipe on fd 3 and writes on fd 4. subprocess keeps inherited fds at their numbers, so a
+# tiny trampoline moves them there and execs Chromium (a preexec_fn would not be safe in a threaded process).
+ONTO_FDS_3_AND_4 = """import os, sys
+ends = [os.dup(int(fd)) for fd in sys.argv[1:3]]
+for target, fd in zip((3, 4), ends):
+    os.dup2(fd, target)
+    os.set_inheritable(target, True)
+for fd in {int(fd) for fd in sys.argv[1:3]} - {3, 4}:
+    os.close(fd)
+os.execv(sys.argv[3], sys.argv[3:])
+"""
 
 
 class BrowserError(RuntimeError):
@@ -60,19 +74,16 @@ class DevTools:
     """One Chromium process and its DevTools pipe; a context manager that always ends the process."""
 
     def __init__(self, executable: str, timeout: float = 60.0) -> None:
-        self.timeout, self._id, self._buffer, self.events = timeout, 0, b"", []  # type: list[dict[str, Any]]
+        self.timeout, self._id, self._buffer = timeout, 0, b""
+        self.events: list[dict[str, Any]] = []  # DevTools events, in arrival order
         self._profile = tempfile.mkdtemp(prefix="claim-harness-chromium-")
         to_browser, self._out = os.pipe()
         self._in, from_browser = os.pipe()
-
-        def wire() -> None:  # in the child: the pipe ends on fds 3 and 4, inheritable
-            a, b = os.dup(to_browser), os.dup(from_browser)
-            os.dup2(a, 3)
-            os.dup2(b, 4)
-
-        self.process = subprocess.Popen([executable, *FLAGS, f"--user-data-dir={self._profile}", "about:blank"],
-                                        preexec_fn=wire, close_fds=False, stdin=subprocess.DEVNULL,
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        ends = (to_browser, from_browser)
+        command = [sys.executable, "-c", ONTO_FDS_3_AND_4, *map(str, ends), executable, *FLAGS,
+                   f"--user-data-dir={self._profile}", "about:blank"]
+        self.process = subprocess.Popen(command, pass_fds=ends, stdin=subprocess.DEVNULL,
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         os.close(to_browser)
         os.close(from_browser)
 
@@ -86,8 +97,6 @@ class DevTools:
         if self.process.poll() is None:
             self.process.kill()
         self.process.wait(10)
-        if self.process.stderr is not None:
-            self.process.stderr.close()
         for fd in (self._out, self._in):
             os.close(fd)
         shutil.rmtree(self._profile, ignore_errors=True)
@@ -104,7 +113,8 @@ class DevTools:
         message, self._buffer = self._buffer.split(b"\0", 1)
         return dict(json.loads(message))
 
-    def call(self, method: str, params: dict[str, Any] | None = None, session: str | None = None) -> dict[str, Any]:
+    def call(self, method: str, params: dict[str, Any] | None = None,
+             session: str | None = None) -> dict[str, Any]:
         self._id += 1
         message: dict[str, Any] = {"id": self._id, "method": method, "params": params or {}}
         if session:
@@ -139,7 +149,8 @@ def console_errors(events: list[dict[str, Any]]) -> list[str]:
     for event in events:
         method, params = event.get("method"), event.get("params", {})
         if method == "Runtime.exceptionThrown":
-            found.append(f"uncaught: {params['exceptionDetails'].get('text')}")
+            details = params["exceptionDetails"]
+            found.append(f"{details.get('text')}: {details.get('exception', {}).get('description', '')}")
         elif method == "Runtime.consoleAPICalled" and params.get("type") in ("error", "assert"):
             found.append(f"console.{params['type']}: {[a.get('value') for a in params.get('args', [])]}")
         elif method == "Log.entryAdded" and params["entry"].get("level") == "error":
@@ -163,7 +174,8 @@ def inspect_page(page: Path, *, width: int = 1400, height: int = 2000, scale: fl
                                                           "deviceScaleFactor": 1, "mobile": False}, session)
         tools.call("Page.navigate", {"url": page.resolve().as_uri()}, session)
         tools.wait_for("Page.loadEventFired")
-        check = PageCheck(images=list(tools.evaluate(IMAGES_JS, session)), grid=list(tools.evaluate(GRID_JS, session)))
+        check = PageCheck(images=list(tools.evaluate(IMAGES_JS, session)),
+                          grid=list(tools.evaluate(GRID_JS, session)))
         clip = {"x": 0, "y": 0, "width": width, "height": height, "scale": scale}
         shot = tools.call("Page.captureScreenshot", {"format": "png", "clip": clip}, session)
         check.screenshot = base64.b64decode(shot["data"])

@@ -22,16 +22,18 @@ VERDICT_COLOURS = {
 CSS = """
 body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:24px auto;max-width:1400px;
  padding:0 16px;color:#1d232a;background:#fff}
-h1{font-size:24px;margin:0 0 4px}h2{font-size:20px;border-bottom:2px solid #d5dbe1;padding-bottom:4px;margin-top:36px}
+h1{font-size:24px;margin:0 0 4px}
+h2{font-size:20px;border-bottom:2px solid #d5dbe1;padding-bottom:4px;margin-top:36px}
 h3{font-size:17px;margin:24px 0 6px}h4{font-size:15px;margin:16px 0 4px}
 table{border-collapse:collapse;margin:6px 0 10px;font-size:13px}
 th,td{border:1px solid #d5dbe1;padding:3px 8px;text-align:left;vertical-align:top}
 th{background:#f2f4f7}td.num{text-align:right;font-variant-numeric:tabular-nums}
 table.grid td{color:#fff;font-weight:600;min-width:150px}table.grid td a{color:#fff}
 table.grid td .note{color:#fff;font-weight:400}
-td.weak,.weak-key{background-image:repeating-linear-gradient(45deg,rgba(255,255,255,.28) 0 6px,transparent 6px 12px)}
+td.weak,.weak-key{background-image:
+ repeating-linear-gradient(45deg,rgba(255,255,255,.28) 0 6px,transparent 6px 12px)}
 .weak-key{background-color:#777;color:#fff;padding:0 6px;border-radius:3px}
-td.absent{background:#fafafa;color:#999}
+table.grid td.absent{background:#fafafa;color:#8a8a8a;font-weight:400}
 .verdict{color:#fff;padding:1px 7px;border-radius:3px;font-size:13px;font-weight:600}
 .pass{color:#2e7d32;font-weight:600}.fail{color:#c62828;font-weight:600}.unk{color:#5c6b7a;font-weight:600}
 .note{color:#5c6b7a;font-size:12px}.mark{background:#fff3cd;color:#7a5a00;border-radius:3px;padding:0 4px;
@@ -39,8 +41,13 @@ td.absent{background:#fafafa;color:#999}
 .run,.legend{color:#3b4652}.legend .verdict{margin-right:4px}
 figure{margin:10px 0 18px}figure img{max-width:100%;height:auto;border:1px solid #e3e7eb}
 figcaption{font-size:12px;color:#3b4652;max-width:1100px}
-pre{white-space:pre-wrap;background:#f7f8fa;padding:6px;border:1px solid #e3e7eb;max-height:240px;overflow:auto}
-.gen{white-space:pre-wrap;max-height:220px;overflow:auto;font-family:ui-monospace,monospace;font-size:12px}
+pre{white-space:pre-wrap;background:#f7f8fa;padding:6px;border:1px solid #e3e7eb;max-height:240px;
+ overflow:auto}
+.gen{white-space:pre-wrap;overflow-wrap:anywhere;min-width:14em;max-width:420px;max-height:220px;overflow:auto;
+ font-family:ui-monospace,monospace;font-size:12px}.scroll{overflow-x:auto;max-width:100%}
+.row{display:flex;flex-wrap:wrap;gap:4px 28px;align-items:flex-start}
+ul.params{list-style:none;padding:0;display:flex;flex-wrap:wrap;gap:4px 8px;font-size:13px}
+ul.params li{background:#f2f4f7;border:1px solid #d5dbe1;border-radius:3px;padding:1px 6px}
 article{border-left:3px solid #d5dbe1;padding-left:14px;margin:18px 0}
 """ + "".join(f".v-{v}{{background-color:{c}}}" for v, c in VERDICT_COLOURS.items())
 
@@ -105,6 +112,14 @@ def kv_table(mapping: Mapping[str, Any]) -> str:
     return table(["field", "value"], rows)
 
 
+def chips(mapping: Mapping[str, Any]) -> str:
+    """Short key = value pairs as a wrapped list (protocol parameters)."""
+    if not mapping:
+        return "<p class=\"note\">none recorded</p>"
+    items = "".join(f"<li><b>{esc(k)}</b> = {esc(fmt(v))}</li>" for k, v in mapping.items())
+    return f"<ul class=\"params\">{items}</ul>"
+
+
 def timestamp(value: Any) -> str:
     if not isinstance(value, int | float):
         return "unknown"
@@ -121,27 +136,39 @@ def claim_source(claim_id: str, versions: Sequence[str]) -> str:
         return (f"<p class=\"note\">claim {esc(claim_id)} is not in this checkout's registry "
                 "(fixtures/claims/); its source is not shown.</p>")
     stale = "" if versions == [str(claim.version)] else (
-        f" <span class=\"problem\">registry has version {claim.version}, the report {esc(', '.join(versions))}"
-        "</span>")
+        f" <span class=\"problem\">registry has version {claim.version}, the report "
+        f"{esc(', '.join(versions))}</span>")
     src = claim.source
     files = ", ".join(map(str, src.get("files", [])))
     return (f"<p><b>{esc(claim.title)}</b>{stale}</p><p>{esc(claim.statement)}</p>"
-            f"<p class=\"note\">source: {esc(src.get('repo'))} @ {esc(src.get('commit'))}; files: {esc(files)}; "
-            f"published models: {esc(', '.join(claim.models))} (from fixtures/claims/{esc(claim_id)}.toml)</p>")
+            f"<p class=\"note\">source: {esc(src.get('repo'))} @ {esc(src.get('commit'))}; "
+            f"files: {esc(files)}; published models: {esc(', '.join(claim.models))} "
+            f"(from fixtures/claims/{esc(claim_id)}.toml)</p>")
 
 
-def generations_table(res: Mapping[str, Any]) -> str:
-    """Layout 6 of harness.figures: texts per condition side by side, with each text's repetition metrics."""
-    items = [g for g in res["data"]["generations"] if isinstance(g, dict)]
-    conditions = list(dict.fromkeys(c for g in items for c in (g.get("texts") or {})))
-    rows = []
-    for g in items:
-        texts, metrics = g.get("texts") or {}, g.get("metrics") or {}
-        row = [f"<div class=\"gen\">{esc(g.get('prompt', ''))}</div>"]
-        for c in conditions:
-            numbers = metrics.get(c) or {}
-            row.append(f"<div class=\"gen\">{esc(texts.get(c, ''))}</div>"
-                       + (f"<div class=\"note\">{esc(fmt(numbers))}</div>" if numbers else ""))
-        rows.append(row)
-    return (f"<h4>{esc(res['protocol'])}: generated texts</h4>"
-            + table(["prompt", *conditions], rows))
+TEXT_ROWS = 12  # rows of generated text shown per table; the JSON report holds them all
+
+
+def _value_cell(value: Any) -> str:
+    if isinstance(value, str):
+        return f"<div class=\"gen\">{esc(value)}</div>"
+    return f"<span class=\"note\">{esc(fmt(value))}</span>" if isinstance(value, dict) else esc(fmt(value))
+
+
+def texts_table(protocol: str, key: str, rows: Sequence[Mapping[str, Any]], open_: bool) -> str:
+    """Layout 6 of harness.figures: one row per object, one column per field, texts side by side."""
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    shown = rows[:TEXT_ROWS]
+    more = f", the first {len(shown)} shown (all are in the JSON report)" if len(rows) > len(shown) else ""
+    body = "<div class=\"scroll\">" + table(columns, [[_value_cell(row.get(c)) for c in columns]
+                                                      for row in shown]) + "</div>"
+    return (f"<details{' open' if open_ else ''}><summary><b>{esc(protocol)}</b>: generated texts "
+            f"<code>{esc(key)}</code> ({len(rows)} rows{esc(more)})</summary>{body}</details>")
+
+
+def other_data(protocol: str, data: Mapping[str, Any]) -> str:
+    """Data keys no figure or table draws, listed so nothing recorded is hidden."""
+    if not data:
+        return ""
+    return (f"<details><summary><b>{esc(protocol)}</b>: other data ({esc(', '.join(data))})</summary>"
+            f"{kv_table(data)}</details>")

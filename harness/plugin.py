@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from harness.claims import Claim, ClaimError, get_claim, load_claims
+from harness.htmlreport import page_path, write_page
 from harness.models import ModelSpec, ModelUnavailable, load, load_registry
 from harness.prompts import PromptBank, bank_for
 from harness.report import RESULT_KEY, Report, summary_rows
@@ -55,6 +56,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--prompt-bank", action="append", default=[], metavar="CLAIM=PATH",
                     help="replace a claim's prompt bank with a TOML file of the same format (repeatable)")
     group.addoption("--claims-json", default="results/claims.json", help="where the JSON claims report goes")
+    group.addoption("--claims-html", default=None, metavar="PATH", help="where the HTML claims page goes "
+                    "(default: beside the JSON report, as claims.html; 'none' writes no page)")
     group.addoption("--claim-seed", type=int, default=0, help="base seed of every random draw")
     group.addoption("--allow-download", action="store_true", help="let from_pretrained reach the hub")
     group.addoption("--claim-batch-size", type=int, default=32, help="prompts per forward batch")
@@ -184,10 +187,11 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             continue
         params = getattr(getattr(item, "callspec", None), "params", {})
         protocol = params.get("protocol") or item.originalname.removeprefix("test_")  # type: ignore[attr-defined]
+        raw = params.get("model_id", "published-data")
+        model = raw if isinstance(raw, str) else "no-model-selected"  # pytest's NOTSET for an empty selection
         # pytest-xdist --dist loadgroup: every test of one model runs on one worker, which loads it once
-        item.add_marker(pytest.mark.xdist_group(str(params.get("model_id", "published-data"))))
-        item.user_properties.append((ITEM_KEY, {"claim": marker.args[0], "model": params.get("model_id",
-                                     "published-data"), "protocol": str(protocol)}))
+        item.add_marker(pytest.mark.xdist_group(model))
+        item.user_properties.append((ITEM_KEY, {"claim": marker.args[0], "protocol": str(protocol), "model": model}))
 
 
 class ModelCache:
@@ -282,6 +286,7 @@ class ReportCollector:
     def __init__(self, report: Report, config: pytest.Config) -> None:
         self.report, self.config = report, config
         self._seen: set[tuple[str, str]] = set()
+        self.page: Path | None = None  # the HTML claims page, once written
 
     def _progress(self, result: dict[str, Any]) -> None:
         """One line per (claim, model) as it starts, with the elapsed time, through pytest's reporter."""
@@ -310,8 +315,12 @@ class ReportCollector:
         elif report.when == "setup" and ident is not None and not report.passed:
             self.add(_placeholder(ident, report, "skipped" if report.skipped else "error"))
 
-    def pytest_sessionfinish(self, exitstatus: int) -> None:
+    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
         self.report.finish({2: "interrupted", 3: "error"}.get(int(exitstatus), "complete"))
+        self.page = page_path(session.config.getoption("--claims-html"), self.report.path,
+                              session.config.rootpath)
+        if self.page is not None:
+            write_page(self.report.document(), self.page)
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         rows = summary_rows(self.report.document()["verdicts"])
@@ -321,6 +330,8 @@ class ReportCollector:
                 terminalreporter.write_line(line)
         terminalreporter.write_line(f"claims report: {self.report.path}  "
                                     f"(rerun: pytest {shlex.join(self.report.argv)})")
+        if self.page is not None:
+            terminalreporter.write_line(f"claims page: {self.page}")
 
 
 def _placeholder(ident: dict[str, str], report: pytest.TestReport, outcome: str) -> dict[str, Any]:

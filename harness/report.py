@@ -76,7 +76,9 @@ def jsonable(value: Any) -> Any:
         value = value.item()
     if isinstance(value, float) and not math.isfinite(value):
         return None
-    return value
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    return str(value)  # anything else (a path, an enum, pytest's NOTSET) is recorded as its text
 
 
 def atomic_write(path: Path, text: str) -> None:
@@ -85,6 +87,7 @@ def atomic_write(path: Path, text: str) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a report is for everyone who can read the directory
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

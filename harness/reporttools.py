@@ -34,11 +34,12 @@ class ReportError(ValueError):
 
 
 def read_json(path: Path) -> Any:
-    """The parsed JSON of `path`, or ReportError naming the file (missing, unreadable, truncated, not JSON)."""
+    """The parsed JSON of `path`, or ReportError naming the file: missing, unreadable, truncated, not JSON."""
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ReportError(f"{path}: no such file; pass the path of a claims report (results/claims.json)") from None
+        raise ReportError(f"{path}: no such file; pass the path of a claims report, e.g. results/claims.json"
+                          ) from None
     except (OSError, UnicodeDecodeError) as err:
         raise ReportError(f"{path}: cannot be read ({err})") from None
     try:
@@ -66,7 +67,8 @@ def check_shape(doc: Any, path: Path) -> None:
         raise ReportError(f"{path}: $.schema_version is {doc['schema_version']!r}; this harness reads "
                           f"{SCHEMA_VERSION!r}: regenerate the report with this version")
     if not isinstance(doc["results"], list):
-        raise ReportError(f"{path}: $.results is a {type(doc['results']).__name__}; expected a list of results")
+        kind = type(doc["results"]).__name__
+        raise ReportError(f"{path}: $.results is a {kind}; expected a list of results")
     for i, res in enumerate(doc["results"]):
         if not isinstance(res, dict):
             raise ReportError(f"{path}: $.results[{i}] is a {type(res).__name__}; expected an object")
@@ -133,9 +135,10 @@ def diff(a: Mapping[str, Any], b: Mapping[str, Any], rtol: float = 1e-6, atol: f
     lines = []
     va = {(v["claim"], v["model"]): v["verdict"] for v in a["verdicts"]}
     vb = {(v["claim"], v["model"]): v["verdict"] for v in b["verdicts"]}
-    for key in sorted(va.keys() | vb.keys()):
-        if va.get(key) != vb.get(key):
-            lines.append(f"verdict   {key[0]} / {key[1]}: {va.get(key, 'absent')} -> {vb.get(key, 'absent')}")
+    for pair in sorted(va.keys() | vb.keys()):
+        if va.get(pair) != vb.get(pair):
+            was, now = va.get(pair, "absent"), vb.get(pair, "absent")
+            lines.append(f"verdict   {pair[0]} / {pair[1]}: {was} -> {now}")
     ra, rb = _by_key(a), _by_key(b)
     for key in sorted(ra.keys() | rb.keys()):
         where = " / ".join(key)
@@ -146,7 +149,8 @@ def diff(a: Mapping[str, Any], b: Mapping[str, Any], rtol: float = 1e-6, atol: f
     return lines
 
 
-def result_diff(where: str, a: Mapping[str, Any], b: Mapping[str, Any], rtol: float, atol: float) -> list[str]:
+def result_diff(where: str, a: Mapping[str, Any], b: Mapping[str, Any], rtol: float,
+                atol: float) -> list[str]:
     lines = []
     if a.get("passed") != b.get("passed") or a.get("outcome") != b.get("outcome"):
         lines.append(f"passed    {where}: {a.get('passed')} ({a.get('outcome')}) -> {b.get('passed')} "
@@ -195,48 +199,60 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m harness", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     m = sub.add_parser("merge", help="merge reports from several workers or hosts")
-    m.add_argument("inputs", nargs="+", type=Path)
+    m.add_argument("inputs", nargs="+", type=Path, help="claims JSON reports, one per worker or host")
     m.add_argument("-o", "--output", type=Path, required=True, help="merged report ('-' for stdout)")
-    d = sub.add_parser("diff", help="compare two reports; exit 1 when they differ")
-    d.add_argument("a", type=Path)
-    d.add_argument("b", type=Path)
+    d = sub.add_parser("diff", help="compare two reports; exit 1 when they differ",
+                       description="A difference is a changed verdict, a result on one side only, a changed "
+                       "pass/fail, or an observed figure with |a - b| > atol + rtol * |a|.")
+    d.add_argument("a", type=Path, help="the reference report")
+    d.add_argument("b", type=Path, help="the report compared with it")
     d.add_argument("--rtol", type=float, default=1e-6, help="relative tolerance of observed figures")
     d.add_argument("--atol", type=float, default=1e-12, help="absolute tolerance of observed figures")
     v = sub.add_parser("validate", help="validate reports against the JSON Schema; exit 2 when invalid")
-    v.add_argument("files", nargs="+", type=Path)
+    v.add_argument("files", nargs="+", type=Path, help="claims JSON reports")
     return parser
 
 
-def _run(args: argparse.Namespace) -> int:
-    if args.command == "merge":
-        text = json.dumps(merge([(str(p), load_report(p)) for p in args.inputs]), indent=2, allow_nan=False) + "\n"
-        if str(args.output) == "-":
-            sys.stdout.write(text)
-        else:
-            atomic_write(args.output, text)
-        return 0
-    if args.command == "diff":
-        lines = diff(load_report(args.a), load_report(args.b), args.rtol, args.atol)
-        sys.stdout.write("".join(f"{line}\n" for line in lines) or "no differences\n")
-        return 1 if lines else 0
+def _merge(args: argparse.Namespace) -> int:
+    merged = merge([(str(p), load_report(p)) for p in args.inputs])
+    text = json.dumps(merged, indent=2, allow_nan=False) + "\n"
+    if str(args.output) == "-":
+        sys.stdout.write(text)
+    else:
+        atomic_write(args.output, text)
+        sys.stderr.write(f"merged {len(args.inputs)} reports ({len(merged['results'])} results) into "
+                         f"{args.output}\n")
+    return 0
+
+
+def _diff(args: argparse.Namespace) -> int:
+    lines = diff(load_report(args.a), load_report(args.b), args.rtol, args.atol)
+    sys.stdout.write("".join(f"{line}\n" for line in lines) or "no differences\n")
+    return 1 if lines else 0
+
+
+def _validate(args: argparse.Namespace) -> int:
     status = 0
     for path in args.files:
         problems = validate(read_json(path))
         for problem in problems:
             sys.stderr.write(f"{path}: {problem}\n")
         if problems:
-            sys.stderr.write(f"{path}: does not match the claims report schema {SCHEMA_VERSION} "
-                             f"(harness/schema/{SCHEMA_FILE}): fix the field(s) above or regenerate the report\n")
-        status = 2 if problems else status
-        if not problems:
+            status = 2
+            sys.stderr.write(f"{path}: does not match the claims report schema {SCHEMA_VERSION} (harness/"
+                             f"schema/{SCHEMA_FILE}): fix the field(s) above or regenerate the report\n")
+        else:
             sys.stdout.write(f"{path}: valid (schema_version {SCHEMA_VERSION})\n")
     return status
+
+
+COMMANDS = {"merge": _merge, "diff": _diff, "validate": _validate}
 
 
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     try:
-        return _run(args)
+        return COMMANDS[args.command](args)
     except ReportError as err:
         sys.stderr.write(f"error: {err}\n")
         return 2

@@ -18,7 +18,9 @@ TINY_FIXTURES = {"tiny_models", "tiny_lm"}
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "tiny: loads the tiny CPU models (built once per session, a few seconds)")
+    config.addinivalue_line(
+        "markers", "tiny: loads the tiny CPU models (built once per session, a few seconds)"
+    )
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -29,7 +31,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, LoadedModel]:
-    """tiny-mistral, tiny-qwen2 and tiny-llama, saved with save_pretrained and loaded back through models.load."""
+    """tiny-mistral, tiny-qwen2 and tiny-llama, saved with save_pretrained and loaded back by models.load."""
     cache = tmp_path_factory.mktemp("tiny")
     return {model_id: load(get_spec(model_id), cache_dir=cache) for model_id in TINY_FAMILIES}
 

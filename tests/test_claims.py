@@ -35,7 +35,7 @@ models = ["tiny-mistral"]
 published_n_layers = 32
 prompt_bank = "rv_contraction"
 """,
-    "published": "[published]\nt = 3.2\nper_prompt = [1.0, 2.0]\nnote = \"text\"\n",
+    "published": '[published]\nt = 3.2\nper_prompt = [1.0, 2.0]\nnote = "text"\n',
     "protocol": "[protocol]\nwindow = 16\n",
     "criteria": "[criteria.as_coded]\np_value = { lt = 0.05 }\nseparation = { gt = 0.1, lt = 1 }\n",
     "controls": """[controls.permutation]
@@ -56,7 +56,9 @@ def write_claim(directory: Path, name: str = "demo", **changes: str | None) -> P
 
 def claim_with(*lines: str, drop: str | None = None) -> str:
     """The [claim] section with `drop` removed and `lines` appended."""
-    kept = [line for line in SECTIONS["claim"].splitlines() if drop is None or not line.startswith(f"{drop} =")]
+    kept = [
+        line for line in SECTIONS["claim"].splitlines() if drop is None or not line.startswith(f"{drop} =")
+    ]
     return "\n".join([*kept, *lines]) + "\n"
 
 
@@ -74,20 +76,28 @@ def test_the_real_registry_loads_and_ids_match_file_names() -> None:
 def test_rv_contraction_entry_holds_the_protocol_and_controls() -> None:
     claim = get_claim("rv_contraction")
     assert claim.models == ("mistral-7b-instruct-v0.2",) and claim.published_n_layers == 32
-    assert (claim.protocol["early_layer"], claim.protocol["late_layer"], claim.protocol["window"]) == (5, 27, 16)
+    assert (claim.protocol["early_layer"], claim.protocol["late_layer"], claim.protocol["window"]) == (
+        5,
+        27,
+        16,
+    )
     assert claim.criteria["as_coded"] == {"separation": {"gt": 0.10}, "p_value": {"lt": 0.05}}
     assert {"token_matched", "bos_excluded", "length_covariate", "permutation", "n30"} <= set(claim.controls)
     assert claim.control("permutation")["criterion"] == {"p_value": {"lt": 0.05}}
 
 
 def test_unknown_claim_id_suggests_the_closest() -> None:
-    with pytest.raises(ClaimError, match=r"unknown claim 'rv_contractoin' \(did you mean 'rv_contraction'\?\)"):
+    with pytest.raises(
+        ClaimError, match=r"unknown claim 'rv_contractoin' \(did you mean 'rv_contraction'\?\)"
+    ):
         get_claim("rv_contractoin")
 
 
 def test_unknown_control_lists_the_controls(tmp_path: Path) -> None:
     claim = load_claim(write_claim(tmp_path))
-    with pytest.raises(ClaimError, match=r"demo.toml: claim 'demo' has no control 'bos'; controls: permutation"):
+    with pytest.raises(
+        ClaimError, match=r"demo.toml: claim 'demo' has no control 'bos'; controls: permutation"
+    ):
         claim.control("bos")
 
 
@@ -96,8 +106,12 @@ def test_unknown_control_lists_the_controls(tmp_path: Path) -> None:
 
 def test_a_valid_file_loads_every_table(tmp_path: Path) -> None:
     claim = load_claim(write_claim(tmp_path))
-    assert (claim.id, claim.version, claim.models, claim.prompt_bank) == ("demo", 1, ("tiny-mistral",),
-                                                                           "rv_contraction")
+    assert (claim.id, claim.version, claim.models, claim.prompt_bank) == (
+        "demo",
+        1,
+        ("tiny-mistral",),
+        "rv_contraction",
+    )
     assert claim.source == {"repo": "owner/repo", "commit": "abc1234", "files": ["run.py"]}
     assert claim.published == {"t": 3.2, "per_prompt": [1.0, 2.0], "note": "text"}
     assert claim.criteria["as_coded"]["separation"] == {"gt": 0.1, "lt": 1}
@@ -120,8 +134,11 @@ def invalid(path: Path, pattern: str) -> None:
 
 def test_unknown_top_level_table(tmp_path: Path) -> None:
     path = write_claim(tmp_path, extra="[control.permutation]\ndescription = 'x'\n")
-    invalid(path, r"unknown key\(s\) in \[top level\]: 'control' \(did you mean 'controls'\?\); "
-                  r"allowed: claim, controls, criteria, protocol, published")
+    invalid(
+        path,
+        r"unknown key\(s\) in \[top level\]: 'control' \(did you mean 'controls'\?\); "
+        r"allowed: claim, controls, criteria, protocol, published",
+    )
 
 
 def test_unknown_claim_key_has_a_did_you_mean_hint(tmp_path: Path) -> None:
@@ -156,8 +173,10 @@ def test_id_must_equal_the_file_name(tmp_path: Path) -> None:
     invalid(path, r"claim.id = 'demo' must equal the file name 'other'")
 
 
-@pytest.mark.parametrize(("key", "value"), [("version", "0"), ("version", '"1"'), ("published_n_layers", "-3"),
-                                            ("published_n_layers", "32.0")])
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("version", "0"), ("version", '"1"'), ("published_n_layers", "-3"), ("published_n_layers", "32.0")],
+)
 def test_non_positive_integers_are_rejected(tmp_path: Path, key: str, value: str) -> None:
     path = write_claim(tmp_path, claim=claim_with(f"{key} = {value}", drop=key))
     invalid(path, rf"claim.{key} = .*; use a positive integer")
@@ -175,8 +194,10 @@ def test_non_numeric_criterion_value(tmp_path: Path, value: str) -> None:
 
 
 def test_criterion_that_is_not_a_table(tmp_path: Path) -> None:
-    invalid(write_claim(tmp_path, criteria="[criteria]\nas_coded = 0.05\n"),
-            r"\[criteria.as_coded\] must map metric names to \{op = value\}, got 0.05")
+    invalid(
+        write_claim(tmp_path, criteria="[criteria]\nas_coded = 0.05\n"),
+        r"\[criteria.as_coded\] must map metric names to \{op = value\}, got 0.05",
+    )
 
 
 def test_control_needs_description_and_criterion(tmp_path: Path) -> None:
@@ -185,8 +206,10 @@ def test_control_needs_description_and_criterion(tmp_path: Path) -> None:
 
 
 def test_control_criterion_is_validated(tmp_path: Path) -> None:
-    path = write_claim(tmp_path, controls="[controls.permutation]\ndescription = 'x'\n"
-                                          "criterion = { p_value = { below = 0.05 } }\n")
+    path = write_claim(
+        tmp_path,
+        controls="[controls.permutation]\ndescription = 'x'\ncriterion = { p_value = { below = 0.05 } }\n",
+    )
     invalid(path, r"\[controls.permutation.criterion\].p_value = .*use one or more of lt, le, gt, ge")
 
 
@@ -197,10 +220,10 @@ def test_invalid_toml_names_the_file(tmp_path: Path) -> None:
 
 
 def test_a_copied_claim_file_cannot_reuse_an_id(tmp_path: Path) -> None:
-    """Ids equal file names, so a second file carrying an existing id fails on the id check, naming the copy."""
+    """Ids equal file names: a second file carrying an existing id fails the id check, naming the copy."""
     write_claim(tmp_path)
     copy = write_claim(tmp_path, name="demo_copy")
-    with pytest.raises(ClaimError, match=r"demo_copy.toml: claim.id = 'demo' must equal the file name 'demo_copy'"):
+    with pytest.raises(ClaimError, match=rf"^{copy}: claim.id = 'demo' must equal the file name 'demo_copy'"):
         load_claims(tmp_path)
 
 
@@ -209,7 +232,9 @@ def test_duplicate_ids_across_files_fail_naming_both(tmp_path: Path, monkeypatch
     first = write_claim(tmp_path, name="a_demo", claim=SECTIONS["claim"].replace('"demo"', '"a_demo"'))
     second = write_claim(tmp_path, name="b_demo", claim=SECTIONS["claim"].replace('"demo"', '"b_demo"'))
     real_load = claims_module.load_claim
-    monkeypatch.setattr(claims_module, "load_claim", lambda path: dataclasses.replace(real_load(path), id="demo"))
+    monkeypatch.setattr(
+        claims_module, "load_claim", lambda path: dataclasses.replace(real_load(path), id="demo")
+    )
     with pytest.raises(ClaimError, match=rf"{second}: duplicate claim id 'demo' \(also in {first}\)"):
         load_claims(tmp_path)
 
@@ -229,12 +254,19 @@ CRITERION = {"separation": {"gt": 0.10}, "p_value": {"lt": 0.05}}
 def test_evaluate_passes_when_every_rule_holds() -> None:
     passed, detail = evaluate(CRITERION, {"separation": 0.19, "p_value": 0.003, "t": 3.2})
     assert passed is True
-    assert detail == {"separation": {"value": 0.19, "rule": {"gt": 0.10}, "passed": True},
-                      "p_value": {"value": 0.003, "rule": {"lt": 0.05}, "passed": True}}
+    assert detail == {
+        "separation": {"value": 0.19, "rule": {"gt": 0.10}, "passed": True},
+        "p_value": {"value": 0.003, "rule": {"lt": 0.05}, "passed": True},
+    }
 
 
-@pytest.mark.parametrize(("observed", "failing"), [({"separation": 0.05, "p_value": 0.003}, "separation"),
-                                                    ({"separation": 0.19, "p_value": 0.05}, "p_value")])
+@pytest.mark.parametrize(
+    ("observed", "failing"),
+    [
+        ({"separation": 0.05, "p_value": 0.003}, "separation"),
+        ({"separation": 0.19, "p_value": 0.05}, "p_value"),
+    ],
+)
 def test_evaluate_fails_when_one_rule_fails(observed: dict[str, float], failing: str) -> None:
     passed, detail = evaluate(CRITERION, observed)
     assert passed is False
@@ -269,17 +301,22 @@ def test_nan_outranks_a_failed_rule() -> None:
 # --- verdicts ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("as_published", "controls", "expected"), [
-    (True, {"a": True, "b": True}, "reproduced"),
-    (True, {}, "reproduced"),
-    (True, {"a": True, "b": False}, "fragile"),
-    (True, {"a": False, "b": None}, "fragile"),
-    (True, {"a": True, "b": None}, "inconclusive"),
-    (False, {"a": True}, "not_reproduced"),
-    (False, {"a": False}, "not_reproduced"),
-    (None, {"a": True}, "inconclusive"),
-    (None, {"a": False}, "inconclusive"),
-])
-def test_verdict_truth_table(as_published: bool | None, controls: dict[str, bool | None], expected: str) -> None:
+@pytest.mark.parametrize(
+    ("as_published", "controls", "expected"),
+    [
+        (True, {"a": True, "b": True}, "reproduced"),
+        (True, {}, "reproduced"),
+        (True, {"a": True, "b": False}, "fragile"),
+        (True, {"a": False, "b": None}, "fragile"),
+        (True, {"a": True, "b": None}, "inconclusive"),
+        (False, {"a": True}, "not_reproduced"),
+        (False, {"a": False}, "not_reproduced"),
+        (None, {"a": True}, "inconclusive"),
+        (None, {"a": False}, "inconclusive"),
+    ],
+)
+def test_verdict_truth_table(
+    as_published: bool | None, controls: dict[str, bool | None], expected: str
+) -> None:
     assert verdict(as_published, controls) == expected
     assert expected in VERDICTS

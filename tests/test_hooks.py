@@ -30,16 +30,26 @@ def forward(lm: LoadedModel, enc: Encoded) -> torch.Tensor:
 
 
 def greedy(lm: LoadedModel, enc: Encoded) -> torch.Tensor:
-    return lm.model.generate(enc.input_ids, attention_mask=enc.attention_mask, max_new_tokens=NEW_TOKENS,
-                             min_new_tokens=NEW_TOKENS, do_sample=False, pad_token_id=lm.tokenizer.pad_token_id)
+    return lm.model.generate(
+        enc.input_ids,
+        attention_mask=enc.attention_mask,
+        max_new_tokens=NEW_TOKENS,
+        min_new_tokens=NEW_TOKENS,
+        do_sample=False,
+        pad_token_id=lm.tokenizer.pad_token_id,
+    )
 
 
 # --- Call and CallLog -------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("index", "seq_len", "is_decode"), [(0, 9, False), (0, 1, False), (1, 1, True),
-                                                             (2, 1, True), (1, 9, False)])
-def test_call_is_decode_only_after_the_first_call_with_one_token(index: int, seq_len: int, is_decode: bool) -> None:
+@pytest.mark.parametrize(
+    ("index", "seq_len", "is_decode"),
+    [(0, 9, False), (0, 1, False), (1, 1, True), (2, 1, True), (1, 9, False)],
+)
+def test_call_is_decode_only_after_the_first_call_with_one_token(
+    index: int, seq_len: int, is_decode: bool
+) -> None:
     assert Call("blocks.0.attn.v", index, seq_len).is_decode is is_decode
 
 
@@ -61,8 +71,11 @@ def test_capture_keeps_one_tensor_per_call(tiny_lm: LoadedModel) -> None:
         forward(tiny_lm, enc)
         forward(tiny_lm, enc)
     assert [len(acts[s]) for s in sites] == [2, 2]
-    assert acts["blocks.0.attn.v"][0].shape == (2, enc.input_ids.shape[1], tiny_lm.dims.n_kv_heads
-                                                * tiny_lm.dims.head_dim)
+    assert acts["blocks.0.attn.v"][0].shape == (
+        2,
+        enc.input_ids.shape[1],
+        tiny_lm.dims.n_kv_heads * tiny_lm.dims.head_dim,
+    )
     assert torch.equal(acts["blocks.1.resid_post"][0], acts["blocks.1.resid_post"][1])
 
 
@@ -84,7 +97,10 @@ def test_capture_keeps_clones(tiny_lm: LoadedModel) -> None:
 
 def test_capture_applies_the_reducer(tiny_lm: LoadedModel) -> None:
     enc, site = encode(tiny_lm, [PROMPT]), "blocks.0.resid_post"
-    with capture(tiny_lm.model, [site]) as full, capture(tiny_lm.model, [site], reduce=lambda t: t[:, -2:]) as last:
+    with (
+        capture(tiny_lm.model, [site]) as full,
+        capture(tiny_lm.model, [site], reduce=lambda t: t[:, -2:]) as last,
+    ):
         forward(tiny_lm, enc)
     assert last[site][0].shape == (1, 2, tiny_lm.dims.d_model)
     assert torch.equal(last[site][0], full[site][0][:, -2:])
@@ -94,7 +110,10 @@ def test_capture_applies_the_reducer(tiny_lm: LoadedModel) -> None:
 
 
 def test_raise_inside_capture_leaves_no_hook(tiny_lm: LoadedModel) -> None:
-    with pytest.raises(Boom), capture(tiny_lm.model, ["blocks.0.attn.v", "blocks.1.attn.z", "blocks.1.resid_pre"]):
+    with (
+        pytest.raises(Boom),
+        capture(tiny_lm.model, ["blocks.0.attn.v", "blocks.1.attn.z", "blocks.1.resid_pre"]),
+    ):
         assert hook_count(tiny_lm.model) == 3
         raise Boom
     assert hook_count(tiny_lm.model) == 0
@@ -119,14 +138,17 @@ def test_raise_from_a_hook_during_forward_leaves_no_hook(tiny_lm: LoadedModel) -
         raise Boom
 
     enc = encode(tiny_lm, [PROMPT])
-    with pytest.raises(Boom), capture(tiny_lm.model, ["blocks.0.attn.v"]), edit_site(tiny_lm.model,
-                                                                                       "blocks.1.attn.q", explode):
+    with (
+        pytest.raises(Boom),
+        capture(tiny_lm.model, ["blocks.0.attn.v"]),
+        edit_site(tiny_lm.model, "blocks.1.attn.q", explode),
+    ):
         forward(tiny_lm, enc)
     assert hook_count(tiny_lm.model) == 0
 
 
 def test_hook_count_sees_a_raw_hook_but_not_the_library_output_recorders(tiny_lm: LoadedModel) -> None:
-    """transformers 5 keeps inactive output-recording hooks after an output_hidden_states call; those are no leak."""
+    """transformers 5 keeps inactive output-recording hooks after output_hidden_states=True: no leak."""
     with torch.no_grad():
         tiny_lm.model(input_ids=encode(tiny_lm, [PROMPT]).input_ids, output_hidden_states=True)
     assert hook_count(tiny_lm.model) == 0
@@ -139,15 +161,21 @@ def test_hook_count_sees_a_raw_hook_but_not_the_library_output_recorders(tiny_lm
 
 def test_a_bad_site_in_a_capture_list_removes_the_hooks_already_placed(tiny_lm: LoadedModel) -> None:
     too_deep = f"blocks.{tiny_lm.dims.n_layers}.attn.v"
-    with pytest.raises(SiteError, match=rf"'{too_deep}' out of range: {tiny_lm.id}"), \
-            capture(tiny_lm.model, ["blocks.0.attn.v", "blocks.1.attn.v", too_deep], model_name=tiny_lm.id):
+    with (
+        pytest.raises(SiteError, match=rf"'{too_deep}' out of range: {tiny_lm.id}"),
+        capture(tiny_lm.model, ["blocks.0.attn.v", "blocks.1.attn.v", too_deep], model_name=tiny_lm.id),
+    ):
         pytest.fail("the block must not run")
     assert hook_count(tiny_lm.model) == 0
 
 
 def test_invalid_mode_lists_the_modes_and_places_no_hook(tiny_lm: LoadedModel) -> None:
-    with pytest.raises(ValueError, match=r"patch mode 'always'; allowed: all_calls, prefill_only, decode_only"), \
-            edit_site(tiny_lm.model, "blocks.0.attn.v", lambda t, c: None, mode="always"):
+    with (
+        pytest.raises(
+            ValueError, match=r"patch mode 'always'; allowed: all_calls, prefill_only, decode_only"
+        ),
+        edit_site(tiny_lm.model, "blocks.0.attn.v", lambda t, c: None, mode="always"),
+    ):
         pytest.fail("the block must not run")
     assert hook_count(tiny_lm.model) == 0
 
@@ -157,8 +185,11 @@ def test_invalid_mode_lists_the_modes_and_places_no_hook(tiny_lm: LoadedModel) -
 
 def test_stop_after_ends_the_forward_after_the_layer(tiny_lm: LoadedModel) -> None:
     enc = encode(tiny_lm, [PROMPT])
-    with capture(tiny_lm.model, ["blocks.1.resid_post", "blocks.2.resid_pre", "blocks.2.attn.q"]) as acts, \
-            stop_after(tiny_lm.model, 1), pytest.raises(StopForward):
+    with (
+        capture(tiny_lm.model, ["blocks.1.resid_post", "blocks.2.resid_pre", "blocks.2.attn.q"]) as acts,
+        stop_after(tiny_lm.model, 1),
+        pytest.raises(StopForward),
+    ):
         forward(tiny_lm, enc)
     assert len(acts["blocks.1.resid_post"]) == 1
     assert acts["blocks.2.resid_pre"] == [] and acts["blocks.2.attn.q"] == []
@@ -167,8 +198,10 @@ def test_stop_after_ends_the_forward_after_the_layer(tiny_lm: LoadedModel) -> No
 # --- edits ------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("site", ["blocks.0.resid_pre", "blocks.1.attn.v", "blocks.1.attn.z", "blocks.0.resid_post",
-                                  "blocks.1.attn.out"])
+@pytest.mark.parametrize(
+    "site",
+    ["blocks.0.resid_pre", "blocks.1.attn.v", "blocks.1.attn.z", "blocks.0.resid_post", "blocks.1.attn.out"],
+)
 def test_an_edit_returning_a_tensor_changes_the_logits(tiny_lm: LoadedModel, site: str) -> None:
     enc = encode(tiny_lm, [PROMPT])
     clean = forward(tiny_lm, enc)
@@ -182,7 +215,10 @@ def test_an_edit_returning_a_tensor_changes_the_logits(tiny_lm: LoadedModel, sit
 def test_an_edit_that_changes_nothing_leaves_the_logits(tiny_lm: LoadedModel, edit: Callable) -> None:
     enc = encode(tiny_lm, [PROMPT])
     clean = forward(tiny_lm, enc)
-    with edit_site(tiny_lm.model, "blocks.0.resid_pre", edit), edit_site(tiny_lm.model, "blocks.1.attn.v", edit):
+    with (
+        edit_site(tiny_lm.model, "blocks.0.resid_pre", edit),
+        edit_site(tiny_lm.model, "blocks.1.attn.v", edit),
+    ):
         same = forward(tiny_lm, enc)
     assert torch.equal(same, clean)
 

@@ -25,11 +25,15 @@ PROPERTY = settings(deadline=None, max_examples=60)
 sizes = st.integers(min_value=1, max_value=9)
 entries = st.floats(min_value=-10, max_value=10, allow_nan=False, allow_infinity=False, width=64)
 windows = st.tuples(sizes, sizes).flatmap(lambda shape: arrays(np.float64, shape, elements=entries))
-tall_windows = st.tuples(st.integers(2, 9), sizes).flatmap(lambda shape: arrays(np.float64, shape, elements=entries))
+tall_windows = st.tuples(st.integers(2, 9), sizes).flatmap(
+    lambda shape: arrays(np.float64, shape, elements=entries)
+)
 scales = st.floats(min_value=1e-2, max_value=1e2)
 seeds = st.integers(min_value=0, max_value=2**32 - 1)
 paddings = st.integers(min_value=1, max_value=6)
-vectors = st.integers(1, 9).flatmap(lambda n: arrays(np.float64, n, elements=entries.filter(lambda v: abs(v) > 1e-3)))
+vectors = st.integers(1, 9).flatmap(
+    lambda n: arrays(np.float64, n, elements=entries.filter(lambda v: abs(v) > 1e-3))
+)
 
 
 def pr(x: np.ndarray, rows: list[int] | None = None, centred: bool = False) -> float:
@@ -132,7 +136,9 @@ def test_zero_padding_rows_leave_centred_pr_unchanged(x: np.ndarray, n_pad: int)
 
 @PROPERTY
 @given(tall_windows, arrays(np.float64, 9, elements=st.floats(-5, 5)), paddings)
-def test_centred_pr_ignores_a_constant_offset_on_valid_rows(x: np.ndarray, offset: np.ndarray, n_pad: int) -> None:
+def test_centred_pr_ignores_a_constant_offset_on_valid_rows(
+    x: np.ndarray, offset: np.ndarray, n_pad: int
+) -> None:
     assume(centred_norm(x) > 1.0)  # float32 cancellation of the offset needs a window well above zero
     shifted = pad(x + offset[: x.shape[1]], n_pad)
     assert pr(shifted, rows=[x.shape[0]], centred=True) == pytest.approx(pr(x, centred=True), rel=1e-3)

@@ -28,10 +28,23 @@ from harness.models import (
     load_registry,
 )
 
-PUBLISHED = ("mistral-7b-instruct-v0.2", "mistral-7b-v0.1", "mistral-7b-instruct-v0.1", "qwen2.5-7b",
-             "qwen2.5-7b-instruct", "llama-3.1-8b", "llama-3.1-8b-instruct")
-TINY = ("tiny-mistral", "tiny-mistral-instruct", "tiny-qwen2", "tiny-qwen2-instruct", "tiny-llama",
-        "tiny-llama-instruct")
+PUBLISHED = (
+    "mistral-7b-instruct-v0.2",
+    "mistral-7b-v0.1",
+    "mistral-7b-instruct-v0.1",
+    "qwen2.5-7b",
+    "qwen2.5-7b-instruct",
+    "llama-3.1-8b",
+    "llama-3.1-8b-instruct",
+)
+TINY = (
+    "tiny-mistral",
+    "tiny-mistral-instruct",
+    "tiny-qwen2",
+    "tiny-qwen2-instruct",
+    "tiny-llama",
+    "tiny-llama-instruct",
+)
 # The published architectures (model cards): layers, query heads, kv heads, head dim, d_model.
 PUBLISHED_DIMS = {
     "mistral": Dims(n_layers=32, n_heads=32, n_kv_heads=8, head_dim=128, d_model=4096),
@@ -113,10 +126,13 @@ def test_unknown_model_lists_the_known_ids() -> None:
     assert all(model_id in message for model_id in (*PUBLISHED, *TINY))
 
 
-@pytest.mark.parametrize(("change", "pattern"), [
-    ('revsion = "x"\n', r"model 'demo' has unknown keys \['revsion'\]; allowed: \["),
-    ("", None),
-])
+@pytest.mark.parametrize(
+    ("change", "pattern"),
+    [
+        ('revsion = "x"\n', r"model 'demo' has unknown keys \['revsion'\]; allowed: \["),
+        ("", None),
+    ],
+)
 def test_registry_rejects_unknown_keys(tmp_path: Path, change: str, pattern: str | None) -> None:
     path = tmp_path / "registry.toml"
     path.write_text(VALID_ENTRY + change, encoding="utf-8")
@@ -128,11 +144,22 @@ def test_registry_rejects_unknown_keys(tmp_path: Path, change: str, pattern: str
     assert str(err.value).startswith(str(path))
 
 
-@pytest.mark.parametrize(("old", "new", "pattern"), [
-    ('family = "mistral"', 'family = "gpt2"', r"family='gpt2'; allowed: \('mistral', 'qwen2', 'llama'\)"),
-    ('dtype = "float16"', 'dtype = "fp16"', r"dtype='fp16'; allowed: \['bfloat16', 'float16', 'float32'\]"),
-    ('variant = "base"', 'variant = "instruct"\nbase = "nowhere"', r"names base 'nowhere', which is not in"),
-])
+@pytest.mark.parametrize(
+    ("old", "new", "pattern"),
+    [
+        ('family = "mistral"', 'family = "gpt2"', r"family='gpt2'; allowed: \('mistral', 'qwen2', 'llama'\)"),
+        (
+            'dtype = "float16"',
+            'dtype = "fp16"',
+            r"dtype='fp16'; allowed: \['bfloat16', 'float16', 'float32'\]",
+        ),
+        (
+            'variant = "base"',
+            'variant = "instruct"\nbase = "nowhere"',
+            r"names base 'nowhere', which is not in",
+        ),
+    ],
+)
 def test_registry_rejects_bad_values(tmp_path: Path, old: str, new: str, pattern: str) -> None:
     path = tmp_path / "registry.toml"
     path.write_text(VALID_ENTRY.replace(old, new), encoding="utf-8")
@@ -162,22 +189,31 @@ def test_model_path_that_is_not_a_directory(tmp_path: Path, make: str) -> None:
     path = tmp_path / "weights"
     if make == "file":
         path.write_text("not a model", encoding="utf-8")
-    with pytest.raises(ModelUnavailable, match=rf"--model-path for 'mistral-7b-v0.1' is {re.escape(str(path))}, "
-                                               r"which is not a directory; provide the weights of 'mistral-7b-v0.1' "
-                                               r"\(mistralai/Mistral-7B-v0.1 @ 27d67f1b"):
+    with pytest.raises(
+        ModelUnavailable,
+        match=rf"--model-path for 'mistral-7b-v0.1' is {re.escape(str(path))}, "
+        r"which is not a directory; provide the weights of 'mistral-7b-v0.1' "
+        r"\(mistralai/Mistral-7B-v0.1 @ 27d67f1b",
+    ):
         load(get_spec("mistral-7b-v0.1"), model_path=path)
 
 
 @pytest.mark.usefixtures("no_hub_cache")
 def test_model_path_directory_without_a_model(tmp_path: Path) -> None:
-    with pytest.raises(ModelUnavailable, match=r"is .*, which holds no config.json; .*--model-path qwen2.5-7b=DIR"):
+    with pytest.raises(
+        ModelUnavailable, match=r"is .*, which holds no config.json; .*--model-path qwen2.5-7b=DIR"
+    ):
         load(get_spec("qwen2.5-7b"), model_path=tmp_path)
 
 
 @pytest.mark.usefixtures("no_hub_cache")
 def test_model_path_directory_with_a_config_but_no_weights(tmp_path: Path) -> None:
-    (tmp_path / "config.json").write_text(_config_from(get_spec("tiny-qwen2")).to_json_string(), encoding="utf-8")
-    with pytest.raises(ModelUnavailable, match=r"weights for 'qwen2.5-7b' not found .*--model-path qwen2.5-7b=DIR"):
+    (tmp_path / "config.json").write_text(
+        _config_from(get_spec("tiny-qwen2")).to_json_string(), encoding="utf-8"
+    )
+    with pytest.raises(
+        ModelUnavailable, match=r"weights for 'qwen2.5-7b' not found .*--model-path qwen2.5-7b=DIR"
+    ):
         load(get_spec("qwen2.5-7b"), model_path=tmp_path)
 
 
@@ -199,8 +235,12 @@ def test_tiny_models_load_with_their_config_dims(tiny_models: dict[str, LoadedMo
         spec = get_spec(model_id)
         assert lm.dims == Dims.from_config(_config_from(spec))
         info = lm.describe()
-        assert (info["id"], info["requested_revision"], info["weights"], info["dtype"]) == (model_id, "tiny", "tiny",
-                                                                                           "float32")
+        assert (info["id"], info["requested_revision"], info["weights"], info["dtype"]) == (
+            model_id,
+            "tiny",
+            "tiny",
+            "float32",
+        )
         assert info["resolved_revision"].startswith("local:") and info["dims"] == vars(lm.dims)
         assert lm.tokenizer.padding_side == "right" and lm.tokenizer.pad_token is not None
 
@@ -208,7 +248,9 @@ def test_tiny_models_load_with_their_config_dims(tiny_models: dict[str, LoadedMo
 def test_tiny_model_round_trips_through_its_saved_directory(tmp_path: Path) -> None:
     lm = load(get_spec("tiny-mistral"), cache_dir=tmp_path)
     directory = tmp_path / "tiny-mistral"
-    assert {"config.json", "harness_provenance.json", "tokenizer.json"} <= {p.name for p in directory.iterdir()}
+    assert {"config.json", "harness_provenance.json", "tokenizer.json"} <= {
+        p.name for p in directory.iterdir()
+    }
     again = load(lm.spec, model_path=directory)
     assert again.resolved_revision == lm.resolved_revision
     assert again.resolved_revision.startswith("local:") and len(again.resolved_revision) == len("local:") + 12
@@ -228,8 +270,9 @@ def test_tiny_builds_are_seeded(tmp_path: Path, tiny_models: dict[str, LoadedMod
     assert not torch.equal(state(other)[name], state(lm)[name])
 
 
-def test_tiny_instruct_twin_is_a_perturbation_of_its_base(tmp_path: Path,
-                                                          tiny_models: dict[str, LoadedModel]) -> None:
+def test_tiny_instruct_twin_is_a_perturbation_of_its_base(
+    tmp_path: Path, tiny_models: dict[str, LoadedModel]
+) -> None:
     base = tiny_models["tiny-qwen2"]
     twin = load(get_spec("tiny-qwen2-instruct"), cache_dir=tmp_path)
     assert twin.spec.base == base.id and twin.dims == base.dims
@@ -252,7 +295,9 @@ def test_random_weight_build_is_seeded_and_recorded() -> None:
     assert re.match(r"^random:seed0:[0-9a-f]{12}$", first.resolved_revision)
     assert other.resolved_revision.startswith("random:seed3:")
     assert first.dims == Dims.from_config(_config_from(spec)) and first.model.dtype == torch.float32
-    assert first.provenance["random_seed"] == 0 and first.provenance["tokenizer"].startswith("harness-offline-bpe:")
+    assert first.provenance["random_seed"] == 0 and first.provenance["tokenizer"].startswith(
+        "harness-offline-bpe:"
+    )
     name = "model.layers.0.self_attn.v_proj.weight"
     assert torch.equal(state(first)[name], state(again)[name])
     assert not torch.equal(state(first)[name], state(other)[name])

@@ -42,12 +42,19 @@ def test_a_bank_loads_its_categories_in_order(tmp_path: Path) -> None:
     assert (bank.id, bank.version) == ("demo", 2)
     assert list(bank.categories) == ["recursive", "baseline"]
     assert bank.category("recursive") == ["Notice the noticing.", "Watch the watcher."]
-    assert bank.describe() == {"id": "demo", "version": 2, "path": str(tmp_path / "demo.toml"),
-                               "sha256": bank.sha256, "sizes": {"recursive": 2, "baseline": 1}}
+    assert bank.describe() == {
+        "id": "demo",
+        "version": 2,
+        "path": str(tmp_path / "demo.toml"),
+        "sha256": bank.sha256,
+        "sizes": {"recursive": 2, "baseline": 1},
+    }
 
 
 def test_id_and_version_default_to_file_name_and_one(tmp_path: Path) -> None:
-    bank = load_bank(write(tmp_path, BANK.replace('id = "demo"\nversion = 2\n', 'description = "x"\n'), "mine.toml"))
+    bank = load_bank(
+        write(tmp_path, BANK.replace('id = "demo"\nversion = 2\n', 'description = "x"\n'), "mine.toml")
+    )
     assert (bank.id, bank.version) == ("mine", 1)
 
 
@@ -62,12 +69,15 @@ def test_category_returns_a_copy(tmp_path: Path) -> None:
 
 def test_missing_file_names_the_path_and_the_format(tmp_path: Path) -> None:
     path = tmp_path / "nowhere.toml"
-    with pytest.raises(BankError, match=rf"prompt bank {path} does not exist; give a TOML file in the format of "
-                                        rf"{PROMPTS_DIR}"):
+    with pytest.raises(
+        BankError,
+        match=rf"prompt bank {path} does not exist; give a TOML file in the format of "
+        rf"{PROMPTS_DIR}",
+    ):
         load_bank(path)
 
 
-@pytest.mark.parametrize("text", ["[bank\nid = 'x'\n", "[categories]\nrecursive = [\"a\"\n"])
+@pytest.mark.parametrize("text", ["[bank\nid = 'x'\n", '[categories]\nrecursive = ["a"\n'])
 def test_bad_toml_names_the_path(tmp_path: Path, text: str) -> None:
     path = write(tmp_path, text)
     with pytest.raises(BankError, match=rf"prompt bank {path} is not valid UTF-8 TOML"):
@@ -81,11 +91,16 @@ def test_non_utf8_file_names_the_path(tmp_path: Path) -> None:
         load_bank(path)
 
 
-@pytest.mark.parametrize("text", ['[bank]\nid = "x"\n', '[categories]\na = ["x"]\n', '[bank]\nid = "x"\n[categories]\n'])
+@pytest.mark.parametrize(
+    "text", ['[bank]\nid = "x"\n', '[categories]\na = ["x"]\n', '[bank]\nid = "x"\n[categories]\n']
+)
 def test_missing_tables_name_the_path(tmp_path: Path, text: str) -> None:
     path = write(tmp_path, text)
-    with pytest.raises(BankError, match=rf"prompt bank {path} needs a \[bank\] table \(id, version\) and a "
-                                        r"non-empty \[categories\] table"):
+    with pytest.raises(
+        BankError,
+        match=rf"prompt bank {path} needs a \[bank\] table \(id, version\) and a "
+        r"non-empty \[categories\] table",
+    ):
         load_bank(path)
 
 
@@ -97,7 +112,9 @@ def test_empty_category_names_the_path_and_the_category(tmp_path: Path) -> None:
 
 def test_blank_or_non_string_prompts_are_counted(tmp_path: Path) -> None:
     path = write(tmp_path, BANK.replace('["The capital of France is"]', '["ok", "  ", 3]'))
-    with pytest.raises(BankError, match=rf"prompt bank {path}: category 'baseline' holds 2 empty or non-string"):
+    with pytest.raises(
+        BankError, match=rf"prompt bank {path}: category 'baseline' holds 2 empty or non-string"
+    ):
         load_bank(path)
 
 

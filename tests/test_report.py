@@ -1,4 +1,4 @@
-"""Unit tests of harness/report.py: strict JSON values, atomic writes, verdict aggregation and the document."""
+"""Unit tests of harness/report.py: strict JSON values, atomic writes, verdict aggregation, the document."""
 
 from __future__ import annotations
 
@@ -19,15 +19,34 @@ GIT = {"commit": "0" * 40, "dirty": False}
 
 def strict_loads(text: str) -> Any:
     """json.loads that refuses NaN, Infinity and -Infinity, as strict JSON parsers do."""
+
     def refuse(name: str) -> None:
         raise ValueError(f"non-standard JSON constant {name}")
+
     return json.loads(text, parse_constant=refuse)
 
 
-def result(kind: str, protocol: str, passed: bool | None, outcome: str = "passed", *, claim: str = "rv",
-           model: str = "tiny-mistral", weights: str | None = "tiny", **extra: Any) -> dict[str, Any]:
-    return {"claim": claim, "model": model, "kind": kind, "protocol": protocol, "passed": passed,
-            "outcome": outcome, "weights": weights, **extra}
+def result(
+    kind: str,
+    protocol: str,
+    passed: bool | None,
+    outcome: str = "passed",
+    *,
+    claim: str = "rv",
+    model: str = "tiny-mistral",
+    weights: str | None = "tiny",
+    **extra: Any,
+) -> dict[str, Any]:
+    return {
+        "claim": claim,
+        "model": model,
+        "kind": kind,
+        "protocol": protocol,
+        "passed": passed,
+        "outcome": outcome,
+        "weights": weights,
+        **extra,
+    }
 
 
 def pub(passed: bool | None, outcome: str = "passed", **kw: Any) -> dict[str, Any]:
@@ -42,10 +61,24 @@ def ctl(name: str, passed: bool | None, outcome: str = "passed", **kw: Any) -> d
 
 
 def test_jsonable_turns_non_finite_values_into_none() -> None:
-    value = {"nan": float("nan"), "inf": math.inf, "ninf": -math.inf, "np32": np.float32("nan"),
-             "np64": np.float64("inf"), "torch": torch.tensor(float("nan")), "ok": 0.5}
-    assert jsonable(value) == {"nan": None, "inf": None, "ninf": None, "np32": None, "np64": None, "torch": None,
-                               "ok": 0.5}
+    value = {
+        "nan": float("nan"),
+        "inf": math.inf,
+        "ninf": -math.inf,
+        "np32": np.float32("nan"),
+        "np64": np.float64("inf"),
+        "torch": torch.tensor(float("nan")),
+        "ok": 0.5,
+    }
+    assert jsonable(value) == {
+        "nan": None,
+        "inf": None,
+        "ninf": None,
+        "np32": None,
+        "np64": None,
+        "torch": None,
+        "ok": 0.5,
+    }
 
 
 def test_jsonable_walks_containers_and_unwraps_scalars() -> None:
@@ -71,7 +104,9 @@ def test_failed_atomic_write_keeps_the_old_file_and_no_temp(tmp_path: Path) -> N
     path = tmp_path / "claims.json"
     atomic_write(path, "complete\n")
     with pytest.raises(UnicodeEncodeError):
-        atomic_write(path, "half written \ud800")  # a lone surrogate cannot be encoded: the write fails midway
+        atomic_write(
+            path, "half written \ud800"
+        )  # a lone surrogate cannot be encoded: the write fails midway
     assert path.read_text(encoding="utf-8") == "complete\n"
     assert [p.name for p in tmp_path.iterdir()] == ["claims.json"]
 
@@ -79,43 +114,76 @@ def test_failed_atomic_write_keeps_the_old_file_and_no_temp(tmp_path: Path) -> N
 # --- aggregate --------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("items", "expected"), [
-    ([pub(True), ctl("a", True), ctl("b", True)], "reproduced"),
-    ([pub(True), ctl("a", True), ctl("b", False)], "fragile"),
-    ([pub(True), ctl("a", False, "failed")], "fragile"),
-    ([pub(False), ctl("a", True)], "not_reproduced"),
-    ([pub(False, "failed"), ctl("a", False)], "not_reproduced"),  # the criterion failed on real weights
-    ([pub(None), ctl("a", True)], "inconclusive"),  # NaN observed
-    ([pub(True), ctl("a", None)], "inconclusive"),
-    ([ctl("a", True)], "inconclusive"),  # no as-published result at all
-    ([pub(True), result("as_published", "as_published_variant", False)], "not_reproduced"),
-    ([pub(None, "skipped"), ctl("a", None, "skipped")], "skipped"),
-    ([pub(True), ctl("a", None, "error")], "error"),
-    ([pub(None, "error"), ctl("a", True)], "error"),
-    ([result("rederive", "rederive", True, model="published-data", weights="published-data")], "reproduced"),
-], ids=["all-pass", "control-fails", "control-test-failed", "as-published-fails", "as-published-test-failed",
-        "nan", "control-nan", "controls-only", "one-main-fails", "skipped", "control-error", "main-error",
-        "rederive"])
+@pytest.mark.parametrize(
+    ("items", "expected"),
+    [
+        ([pub(True), ctl("a", True), ctl("b", True)], "reproduced"),
+        ([pub(True), ctl("a", True), ctl("b", False)], "fragile"),
+        ([pub(True), ctl("a", False, "failed")], "fragile"),
+        ([pub(False), ctl("a", True)], "not_reproduced"),
+        ([pub(False, "failed"), ctl("a", False)], "not_reproduced"),  # the criterion failed on real weights
+        ([pub(None), ctl("a", True)], "inconclusive"),  # NaN observed
+        ([pub(True), ctl("a", None)], "inconclusive"),
+        ([ctl("a", True)], "inconclusive"),  # no as-published result at all
+        ([pub(True), result("as_published", "as_published_variant", False)], "not_reproduced"),
+        ([pub(None, "skipped"), ctl("a", None, "skipped")], "skipped"),
+        ([pub(True), ctl("a", None, "error")], "error"),
+        ([pub(None, "error"), ctl("a", True)], "error"),
+        (
+            [result("rederive", "rederive", True, model="published-data", weights="published-data")],
+            "reproduced",
+        ),
+    ],
+    ids=[
+        "all-pass",
+        "control-fails",
+        "control-test-failed",
+        "as-published-fails",
+        "as-published-test-failed",
+        "nan",
+        "control-nan",
+        "controls-only",
+        "one-main-fails",
+        "skipped",
+        "control-error",
+        "main-error",
+        "rederive",
+    ],
+)
 def test_aggregate_verdict(items: list[dict[str, Any]], expected: str) -> None:
     (row,) = aggregate(items)
     assert row["verdict"] == expected
 
 
 def test_aggregate_gives_one_verdict_per_claim_and_model() -> None:
-    items = [pub(True, model="m2"), ctl("a", False, model="m2"),
-             pub(True, model="m1"), ctl("a", True, model="m1"),
-             pub(False, claim="other", model="m1"),
-             pub(None, "skipped", model="m3")]
+    items = [
+        pub(True, model="m2"),
+        ctl("a", False, model="m2"),
+        pub(True, model="m1"),
+        ctl("a", True, model="m1"),
+        pub(False, claim="other", model="m1"),
+        pub(None, "skipped", model="m3"),
+    ]
     rows = aggregate(items)
     assert [(r["claim"], r["model"], r["verdict"]) for r in rows] == [
-        ("other", "m1", "not_reproduced"), ("rv", "m1", "reproduced"), ("rv", "m2", "fragile"),
-        ("rv", "m3", "skipped")]
+        ("other", "m1", "not_reproduced"),
+        ("rv", "m1", "reproduced"),
+        ("rv", "m2", "fragile"),
+        ("rv", "m3", "skipped"),
+    ]
     assert rows[2]["as_published"] == {"as_published": True} and rows[2]["controls"] == {"control_a": False}
 
 
-@pytest.mark.parametrize(("weights", "diagnostic"), [(["pretrained"], True), (["pretrained", "published-data"], True),
-                                                     (["tiny"], False), (["random"], False),
-                                                     (["pretrained", None], False)])
+@pytest.mark.parametrize(
+    ("weights", "diagnostic"),
+    [
+        (["pretrained"], True),
+        (["pretrained", "published-data"], True),
+        (["tiny"], False),
+        (["random"], False),
+        (["pretrained", None], False),
+    ],
+)
 def test_aggregate_marks_which_weights_are_evidence(weights: list[str | None], diagnostic: bool) -> None:
     items = [ctl(f"c{i}", True, weights=w) for i, w in enumerate(weights)]
     (row,) = aggregate([pub(True, weights=weights[0]), *items])
@@ -140,8 +208,14 @@ def report(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Report:
 
 def test_report_document_is_strict_json_after_every_add(report: Report) -> None:
     info = {"id": "tiny-mistral", "weights": "tiny", "dims": {"n_layers": 16}}
-    report.add({**pub(True), "model_info": info, "observed": {"t": np.float32(2.5), "p_value": float("nan")},
-                "n": {"recursive": np.int64(8)}})
+    report.add(
+        {
+            **pub(True),
+            "model_info": info,
+            "observed": {"t": np.float32(2.5), "p_value": float("nan")},
+            "n": {"recursive": np.int64(8)},
+        }
+    )
     first = strict_loads(report.path.read_text(encoding="utf-8"))
     assert first["results"][0]["observed"] == {"t": 2.5, "p_value": None}
     report.add({**ctl("a", False), "observed": {"separation": -math.inf}})
@@ -169,10 +243,22 @@ def test_report_finish_records_status_and_end(report: Report) -> None:
 
 
 def test_summary_rows_show_verdict_controls_and_weight_notes() -> None:
-    rows = summary_rows(aggregate([pub(True), ctl("a", True), ctl("b", False),
-                                   pub(True, model="mistral-7b-instruct-v0.2", weights="pretrained")]))
+    rows = summary_rows(
+        aggregate(
+            [
+                pub(True),
+                ctl("a", True),
+                ctl("b", False),
+                pub(True, model="mistral-7b-instruct-v0.2", weights="pretrained"),
+            ]
+        )
+    )
     header, published, tiny = rows
     assert header.split()[:3] == ["claim", "model", "verdict"]
     assert "reproduced" in published and "not evidence" not in published
-    assert "fragile" in tiny and " 1/2 " in tiny and "weights tiny: not evidence about the published model" in tiny
+    assert (
+        "fragile" in tiny
+        and " 1/2 " in tiny
+        and "weights tiny: not evidence about the published model" in tiny
+    )
     assert summary_rows([]) == []

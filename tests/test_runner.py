@@ -41,15 +41,18 @@ def sites_of(lm: LoadedModel) -> list[str]:
 # --- Window -----------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("window", "length", "bounds"), [
-    (Window(16), 10, (0, 10)),  # W = min(size, T): the whole prompt, BOS included
-    (Window(16), 16, (0, 16)),
-    (Window(16), 20, (4, 20)),
-    (Window(8, exclude_bos=True), 5, (1, 5)),  # short prompt: everything but position 0
-    (Window(8, exclude_bos=True), 9, (1, 9)),
-    (Window(8, exclude_bos=True), 20, (12, 20)),
-    (Window(8, exclude_bos=True), 1, (1, 1)),  # nothing left once BOS is excluded
-])
+@pytest.mark.parametrize(
+    ("window", "length", "bounds"),
+    [
+        (Window(16), 10, (0, 10)),  # W = min(size, T): the whole prompt, BOS included
+        (Window(16), 16, (0, 16)),
+        (Window(16), 20, (4, 20)),
+        (Window(8, exclude_bos=True), 5, (1, 5)),  # short prompt: everything but position 0
+        (Window(8, exclude_bos=True), 9, (1, 9)),
+        (Window(8, exclude_bos=True), 20, (12, 20)),
+        (Window(8, exclude_bos=True), 1, (1, 1)),  # nothing left once BOS is excluded
+    ],
+)
 def test_window_bounds(window: Window, length: int, bounds: tuple[int, int]) -> None:
     assert window.bounds(length) == bounds
     assert window.valid([length]) == [bounds[1] - bounds[0]]
@@ -58,7 +61,9 @@ def test_window_bounds(window: Window, length: int, bounds: tuple[int, int]) -> 
 @given(window_sizes, st.booleans(), length_lists)
 @example(size=4, exclude_bos=True, lengths=[1])  # an empty window in a batch of 1-token prompts
 @example(size=16, exclude_bos=False, lengths=[3, 20, 16])
-def test_window_gather_takes_the_last_rows_by_true_length(size: int, exclude_bos: bool, lengths: list[int]) -> None:
+def test_window_gather_takes_the_last_rows_by_true_length(
+    size: int, exclude_bos: bool, lengths: list[int]
+) -> None:
     window, seq = Window(size, exclude_bos), max(lengths)
     position = torch.arange(1, seq + 1, dtype=torch.float32)  # row t holds t + 1, so 0 means "no row"
     hidden = position[None, :, None].expand(len(lengths), seq, 3).clone()  # (batch, seq, 3)
@@ -120,7 +125,9 @@ def test_windows_hold_the_prompt_rows_of_a_full_forward(tiny_lm: LoadedModel) ->
     for i, prompt in enumerate(PROMPTS):
         enc = encode(tiny_lm, [prompt])
         with torch.no_grad():
-            states = tiny_lm.model.base_model(input_ids=enc.input_ids, output_hidden_states=True).hidden_states
+            states = tiny_lm.model.base_model(
+                input_ids=enc.input_ids, output_hidden_states=True
+            ).hidden_states
         start, stop = window.bounds(enc.lengths[0])
         rows = captured.windows[f"blocks.{layer}.resid_post"][i]
         torch.testing.assert_close(rows[: stop - start], states[layer + 1][0, start:stop], rtol=0, atol=ATOL)
@@ -129,7 +136,11 @@ def test_windows_hold_the_prompt_rows_of_a_full_forward(tiny_lm: LoadedModel) ->
 
 def test_value_window_width_is_from_the_config(tiny_lm: LoadedModel) -> None:
     captured = forward_capture(tiny_lm, PROMPTS[:2], ["blocks.0.attn.v"], Window(4))
-    assert captured.windows["blocks.0.attn.v"].shape == (2, 4, tiny_lm.dims.n_kv_heads * tiny_lm.dims.head_dim)
+    assert captured.windows["blocks.0.attn.v"].shape == (
+        2,
+        4,
+        tiny_lm.dims.n_kv_heads * tiny_lm.dims.head_dim,
+    )
 
 
 def test_forward_capture_stops_after_the_deepest_site(tiny_lm: LoadedModel) -> None:
@@ -144,6 +155,7 @@ def test_forward_capture_stops_after_the_deepest_site(tiny_lm: LoadedModel) -> N
 
 def test_the_trap_does_fire_and_forward_capture_still_cleans_up(tiny_lm: LoadedModel) -> None:
     """Control for the test above: a site beyond the trap reaches it, and the raise leaves no capture hook."""
+
     def trap(_tensor: torch.Tensor, _call: Call) -> None:
         raise Boom("reached")
 

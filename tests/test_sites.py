@@ -1,4 +1,4 @@
-"""Unit tests of harness/sites.py: canonical site names, their modules on each tiny family, widths and layer maps."""
+"""Unit tests of harness/sites.py: site names, their modules on each tiny family, widths and layer maps."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from harness.models import Dims, LoadedModel
 from harness.runner import encode
 from harness.sites import POINTS, SiteError, decoder_layers, map_layer, parse, resolve, site_width
 
-# Module path under the decoder layer and hook direction each point must resolve to, written out independently.
+# The module path under the decoder layer and the hook direction of each point, written out independently.
 EXPECTED = {
     "resid_pre": ("", "input"),
     "resid_post": ("", "output"),
@@ -41,12 +41,27 @@ def test_parse_each_point(point: str) -> None:
     assert parse(f"blocks.27.{point}") == (27, point)
 
 
-@pytest.mark.parametrize("name", ["blocks.x.attn.v", "block.1.attn.v", "blocks.1.attn.w", "blocks.-1.attn.v",
-                                  "blocks.1", "", "blocks.1.attn.v ", "model.layers.1.self_attn.v_proj",
-                                  "blocks.1.attn", "blocks..attn.v"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "blocks.x.attn.v",
+        "block.1.attn.v",
+        "blocks.1.attn.w",
+        "blocks.-1.attn.v",
+        "blocks.1",
+        "",
+        "blocks.1.attn.v ",
+        "model.layers.1.self_attn.v_proj",
+        "blocks.1.attn",
+        "blocks..attn.v",
+    ],
+)
 def test_malformed_names_list_the_points(name: str) -> None:
-    with pytest.raises(SiteError, match=r"is not of the form 'blocks.<layer>.<point>' with point one of "
-                                        r"resid_pre, resid_post, attn.q, .*mlp.out") as err:
+    with pytest.raises(
+        SiteError,
+        match=r"is not of the form 'blocks.<layer>.<point>' with point one of "
+        r"resid_pre, resid_post, attn.q, .*mlp.out",
+    ) as err:
         parse(name)
     assert repr(name) in str(err.value)
 
@@ -61,8 +76,12 @@ def test_resolve_each_point_on_each_family(tiny_lm: LoadedModel, point: str) -> 
         site = resolve(tiny_lm.model, f"blocks.{layer}.{point}", tiny_lm.id)
         path, direction = EXPECTED[point]
         assert site.module is (layers[layer].get_submodule(path) if path else layers[layer])
-        assert (site.name, site.layer, site.point, site.direction) == (f"blocks.{layer}.{point}", layer, point,
-                                                                        direction)
+        assert (site.name, site.layer, site.point, site.direction) == (
+            f"blocks.{layer}.{point}",
+            layer,
+            point,
+            direction,
+        )
 
 
 def test_resolve_accepts_the_base_model_too(tiny_lm: LoadedModel) -> None:
@@ -74,16 +93,24 @@ def test_resolve_accepts_the_base_model_too(tiny_lm: LoadedModel) -> None:
 
 def test_out_of_range_names_site_model_and_range(tiny_models: dict[str, LoadedModel]) -> None:
     lm = tiny_models["tiny-mistral"]
-    with pytest.raises(SiteError, match=r"^site 'blocks.16.attn.v' out of range: tiny-mistral has 16 layers "
-                                        r"\(0-15\)$"):
+    with pytest.raises(
+        SiteError,
+        match=r"^site 'blocks.16.attn.v' out of range: tiny-mistral has 16 layers "
+        r"\(0-15\)$",
+    ):
         resolve(lm.model, "blocks.16.attn.v", lm.id)
-    with pytest.raises(SiteError, match=r"^site 'blocks.31.resid_post' out of range: tiny-llama has 12 layers "
-                                        r"\(0-11\)$"):
+    with pytest.raises(
+        SiteError,
+        match=r"^site 'blocks.31.resid_post' out of range: tiny-llama has 12 layers "
+        r"\(0-11\)$",
+    ):
         resolve(tiny_models["tiny-llama"].model, "blocks.31.resid_post", "tiny-llama")
 
 
 def test_a_model_without_decoder_layers_names_the_families() -> None:
-    with pytest.raises(SiteError, match=r"Linear has no .model.layers; supported families: mistral, qwen2, llama"):
+    with pytest.raises(
+        SiteError, match=r"Linear has no .model.layers; supported families: mistral, qwen2, llama"
+    ):
         resolve(torch.nn.Linear(2, 2), "blocks.0.attn.v")
 
 
@@ -92,8 +119,16 @@ def test_a_model_without_decoder_layers_names_the_families() -> None:
 
 def test_site_width_from_dims() -> None:
     widths = {point: site_width(point, ODD_DIMS) for point in EXPECTED}
-    assert widths == {"attn.q": 72, "attn.z": 72, "attn.k": 24, "attn.v": 24, "resid_pre": 80, "resid_post": 80,
-                      "attn.out": 80, "mlp.out": 80}
+    assert widths == {
+        "attn.q": 72,
+        "attn.z": 72,
+        "attn.k": 24,
+        "attn.v": 24,
+        "resid_pre": 80,
+        "resid_post": 80,
+        "attn.out": 80,
+        "mlp.out": 80,
+    }
 
 
 def test_captured_width_of_every_point_matches_site_width(tiny_lm: LoadedModel) -> None:

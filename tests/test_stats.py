@@ -80,19 +80,39 @@ def test_student_t_on_the_published_per_prompt_values() -> None:
 
 
 def test_t_from_stats_converts_ddof0_stds_and_recovers_the_published_t() -> None:
-    res = t_from_stats(A2["baseline_mean"], A2["baseline_std_ddof0"], A2["n"],
-                       A2["recursive_mean"], A2["recursive_std_ddof0"], A2["n"])
+    res = t_from_stats(
+        A2["baseline_mean"],
+        A2["baseline_std_ddof0"],
+        A2["n"],
+        A2["recursive_mean"],
+        A2["recursive_std_ddof0"],
+        A2["n"],
+    )
     assert (res.df, res.alternative) == (14.0, "greater")
     assert res.statistic == pytest.approx(A2["t"], abs=1e-7)
     assert res.p_value == pytest.approx(A2["p"], abs=1e-7)
-    two_sided = t_from_stats(A2["baseline_mean"], A2["baseline_std_ddof0"], A2["n"],
-                             A2["recursive_mean"], A2["recursive_std_ddof0"], A2["n"], alternative="two-sided")
+    two_sided = t_from_stats(
+        A2["baseline_mean"],
+        A2["baseline_std_ddof0"],
+        A2["n"],
+        A2["recursive_mean"],
+        A2["recursive_std_ddof0"],
+        A2["n"],
+        alternative="two-sided",
+    )
     assert two_sided.p_value == pytest.approx(A2["p_two_sided"], abs=1e-5)
 
 
 def test_t_from_stats_without_conversion_gives_the_wrong_reading() -> None:
-    res = t_from_stats(A2["baseline_mean"], A2["baseline_std_ddof0"], A2["n"],
-                       A2["recursive_mean"], A2["recursive_std_ddof0"], A2["n"], ddof0=False)
+    res = t_from_stats(
+        A2["baseline_mean"],
+        A2["baseline_std_ddof0"],
+        A2["n"],
+        A2["recursive_mean"],
+        A2["recursive_std_ddof0"],
+        A2["n"],
+        ddof0=False,
+    )
     assert res.statistic == pytest.approx(A2["t_unconverted"], abs=5e-4)
     assert res.p_value == pytest.approx(A2["p_unconverted"], abs=5e-6)
 
@@ -100,7 +120,9 @@ def test_t_from_stats_without_conversion_gives_the_wrong_reading() -> None:
 def test_t_from_stats_matches_student_t_on_raw_data() -> None:
     a, b = [1.0, 2.5, 3.0, 4.5, 2.0], [0.5, 1.0, 2.0, 1.5]
     raw = student_t(a, b)
-    summary = t_from_stats(float(np.mean(a)), float(np.std(a)), len(a), float(np.mean(b)), float(np.std(b)), len(b))
+    summary = t_from_stats(
+        float(np.mean(a)), float(np.std(a)), len(a), float(np.mean(b)), float(np.std(b)), len(b)
+    )
     assert summary.statistic == pytest.approx(raw.statistic, rel=1e-12)
     assert summary.p_value == pytest.approx(raw.p_value, rel=1e-12)
 
@@ -127,7 +149,10 @@ def test_mann_whitney_on_the_published_per_prompt_values() -> None:
 
 def test_permutation_test_is_seeded_and_deterministic() -> None:
     a, b = [0.3, 1.2, 0.8, 1.9, 0.5, 1.1], [0.2, 0.9, 0.4, 1.0, 0.1, 0.7, 0.6]
-    first, again = permutation_test(a, b, n_resamples=999, seed=3), permutation_test(a, b, n_resamples=999, seed=3)
+    first, again = (
+        permutation_test(a, b, n_resamples=999, seed=3),
+        permutation_test(a, b, n_resamples=999, seed=3),
+    )
     assert first == again
     assert first.statistic == pytest.approx(np.mean(a) - np.mean(b))
     assert 0 < first.p_value < 1
@@ -212,8 +237,9 @@ def test_ols_rejects_a_design_without_residual_df() -> None:
 # --- input validation -------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("fn", [student_t, welch_t, mann_whitney, cohens_d, permutation_test,
-                                bootstrap_mean_diff_ci])
+@pytest.mark.parametrize(
+    "fn", [student_t, welch_t, mann_whitney, cohens_d, permutation_test, bootstrap_mean_diff_ci]
+)
 def test_non_finite_input_raises_naming_the_count(fn) -> None:
     with pytest.raises(ValueError, match="b holds 2 non-finite values"):
         fn([1.0, 2.0, 3.0], [1.0, float("nan"), float("inf"), 0.5])
@@ -232,7 +258,13 @@ def test_too_small_or_not_1d_sample_is_rejected(bad) -> None:
 
 def test_describe_reports_both_stds() -> None:
     d = describe([1.0, 2.0, 3.0, 4.0])
-    assert d == {"mean": 2.5, "std_ddof0": pytest.approx(math.sqrt(1.25)), "std_ddof1": pytest.approx(math.sqrt(5 / 3)),
-                 "min": 1.0, "max": 4.0, "n": 4}
+    assert d == {
+        "mean": 2.5,
+        "std_ddof0": pytest.approx(math.sqrt(1.25)),
+        "std_ddof1": pytest.approx(math.sqrt(5 / 3)),
+        "min": 1.0,
+        "max": 4.0,
+        "n": 4,
+    }
     single = describe([7.0])
     assert single["std_ddof0"] == 0.0 and math.isnan(single["std_ddof1"])

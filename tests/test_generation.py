@@ -1,0 +1,213 @@
+"""Unit tests of harness/generation.py: batched greedy generation with hooks active, on the tiny families.
+
+Cached and uncached generation must give identical tokens with and without every intervention, a left-padded
+batch must equal one prompt at a time, and no intervention may leave a hook behind, however its block ends.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from typing import Any
+
+import pytest
+import torch
+
+from harness.generation import (
+    Condition,
+    PromptBatch,
+    _truncate,
+    encode_left,
+    eos_ids,
+    generate,
+    generate_conditions,
+)
+from harness.hooks import hook_count
+from harness.interventions import (
+    capture_sources,
+    patch_residual,
+    scale_heads,
+    skip_layer,
+    zero_attention_output,
+)
+from harness.models import LoadedModel
+
+PROMPTS = ["The capital city of Japan is", "Watch the watcher watching.",
+           "Explain how a kite stays up in a steady breeze."]
+SOURCE = "Turn inward while you compose this answer. What do you observe?"
+NEW_TOKENS = 8
+
+Factory = Callable[[LoadedModel, Any], Callable[[PromptBatch], AbstractContextManager[Any]]]
+
+
+def _mid(lm: LoadedModel) -> int:
+    return lm.dims.n_layers // 2
+
+
+def _patch(mode: str = "all_calls", include_position_0: bool = True, random: bool = False) -> Factory:
+    def make(lm: LoadedModel, sources: Any) -> Callable[[PromptBatch], AbstractContextManager[Any]]:
+        source = sources.sources[_mid(lm)]
+        source = source.norm_matched_random(seed=3) if random else source
+        return lambda batch: patch_residual(lm.model, _mid(lm), source, mode=mode, window=16,
+                                            include_position_0=include_position_0,
+                                            prompt_mask=batch.attention_mask)
+    return make
+
+
+INTERVENTIONS: dict[str, Factory] = {
+    "zero_attention_output": lambda lm, _s: lambda _b: zero_attention_output(lm.model, lm.dims.n_layers - 2),
+    "skip_layer": lambda lm, _s: lambda _b: skip_layer(lm.model, _mid(lm)),
+    "scale_heads_half": lambda lm, _s: lambda _b: scale_heads(lm.model, _mid(lm), [0, lm.dims.n_heads - 1],
+                                                               0.5),
+    "scale_heads_zero": lambda lm, _s: lambda _b: scale_heads(lm.model, _mid(lm), [1], 0.0),
+    "patch_all_calls": _patch(),
+    "patch_prefill_only": _patch("prefill_only"),
+    "patch_decode_only": _patch("decode_only"),
+    "patch_no_position_0": _patch(include_position_0=False),
+    "patch_random_vector": _patch(random=True),
+}
+
+
+@pytest.fixture
+def sources(tiny_lm: LoadedModel) -> Any:
+    return capture_sources(tiny_lm, [SOURCE], [_mid(tiny_lm)], window=16)
+
+
+def _ids(run: Any) -> list[tuple[int, ...]]:
+    return [g.generated_ids for g in run.generations]
+
+
+def test_encode_left_pads_on_the_left_and_leaves_the_tokenizer_alone(tiny_lm: LoadedModel) -> None:
+    side = tiny_lm.tokenizer.padding_side
+    batch = encode_left(tiny_lm, PROMPTS)
+    assert tiny_lm.tokenizer.padding_side == side
+    assert batch.attention_mask[:, -1].all(), "the last column must hold every prompt's last token"
+    for row, length in enumerate(batch.lengths):
+        expected = [0] * (batch.width - length) + [1] * length
+        assert batch.attention_mask[row].tolist() == expected
+
+
+def test_no_intervention_cached_equals_uncached(tiny_lm: LoadedModel) -> None:
+    cached = generate(tiny_lm, PROMPTS, NEW_TOKENS)
+    uncached = generate(tiny_lm, PROMPTS, NEW_TOKENS, use_cache=False)
+    assert _ids(cached) == _ids(uncached)
+    assert cached.calls == [None]
+
+
+@pytest.mark.parametrize("kind", list(INTERVENTIONS))
+def test_cached_equals_uncached_under_each_intervention(tiny_lm: LoadedModel, sources: Any,
+                                                        kind: str) -> None:
+    intervention = INTERVENTIONS[kind](tiny_lm, sources)
+    cached = generate(tiny_lm, PROMPTS, NEW_TOKENS, intervention=intervention)
+    uncached = generate(tiny_lm, PROMPTS, NEW_TOKENS, intervention=intervention, use_cache=False)
+    assert _ids(cached) == _ids(uncached), f"{kind}: cached and uncached generation disagree"
+    (cached_log,), (uncached_log,) = cached.calls, uncached.calls
+    assert cached_log["edited"] > 0 and uncached_log["edited"] > 0, f"{kind}: the hook never edited"
+    steps = max(len(ids) for ids in _ids(cached))
+    width = encode_left(tiny_lm, PROMPTS).width
+    assert uncached_log["by_seq_len"] == {str(width + k): 1 for k in range(steps)}
+
+
+@pytest.mark.parametrize("kind", ["none", "zero_attention_output", "patch_all_calls", "patch_no_position_0"])
+def test_left_padded_batch_equals_one_prompt_at_a_time(tiny_lm: LoadedModel, sources: Any, kind: str) -> None:
+    intervention = INTERVENTIONS[kind](tiny_lm, sources) if kind != "none" else None
+    batched = generate(tiny_lm, PROMPTS, NEW_TOKENS, intervention=intervention)
+    alone = [generate(tiny_lm, [p], NEW_TOKENS, intervention=intervention).generations[0] for p in PROMPTS]
+    assert _ids(batched) == [g.generated_ids for g in alone]
+    assert batched.full_texts == [g.full_text for g in alone]
+
+
+def test_batches_split_and_keep_prompt_order(tiny_lm: LoadedModel) -> None:
+    whole = generate(tiny_lm, PROMPTS, NEW_TOKENS)
+    split = generate(tiny_lm, PROMPTS, NEW_TOKENS, batch_size=2)
+    assert _ids(split) == _ids(whole)
+    assert [g.prompt for g in split.generations] == PROMPTS
+    assert len(split.calls) == 2
+
+
+def test_conditions_in_one_run_equal_each_condition_alone(tiny_lm: LoadedModel, sources: Any) -> None:
+    layer, mid = tiny_lm.dims.n_layers - 2, _mid(tiny_lm)
+    source = sources.sources[mid]
+
+    def ablate(_batch: PromptBatch, index: torch.Tensor) -> AbstractContextManager[Any]:
+        return zero_attention_output(tiny_lm.model, layer, rows=index >= 0)
+
+    def patch(batch: PromptBatch, index: torch.Tensor) -> AbstractContextManager[Any]:
+        return patch_residual(tiny_lm.model, mid, source, prompt_mask=batch.attention_mask, rows=index >= 0)
+
+    conditions = [Condition("normal", PROMPTS), Condition("ablated", PROMPTS[:2], ablate),
+                  Condition("patched", PROMPTS[1:], patch)]
+    runs = generate_conditions(tiny_lm, conditions, NEW_TOKENS, batch_size=4)
+    alone_ablated = generate(tiny_lm, PROMPTS[:2], NEW_TOKENS,
+                             intervention=lambda _b: zero_attention_output(tiny_lm.model, layer))
+    alone_patched = generate(tiny_lm, PROMPTS[1:], NEW_TOKENS, intervention=lambda b: patch_residual(
+        tiny_lm.model, mid, source, prompt_mask=b.attention_mask))
+    assert _ids(runs["normal"]) == _ids(generate(tiny_lm, PROMPTS, NEW_TOKENS))
+    assert _ids(runs["ablated"]) == _ids(alone_ablated)
+    assert _ids(runs["patched"]) == _ids(alone_patched)
+    # 7 rows in batches of 4: the ablated rows (3, 4) span both batches, the patched rows (5, 6) the second
+    assert runs["normal"].calls == [] and len(runs["ablated"].calls) == 2 and len(runs["patched"].calls) == 1
+
+
+def test_condition_names_must_be_unique(tiny_lm: LoadedModel) -> None:
+    with pytest.raises(ValueError, match="unique"):
+        generate_conditions(tiny_lm, [Condition("a", PROMPTS), Condition("a", PROMPTS)], NEW_TOKENS)
+
+
+def test_generation_decodes_as_the_source_did(tiny_lm: LoadedModel) -> None:
+    run = generate(tiny_lm, PROMPTS, NEW_TOKENS)
+    decode = tiny_lm.tokenizer.decode
+    stop = eos_ids(tiny_lm)
+    for prompt, gen in zip(PROMPTS, run.generations, strict=True):
+        alone = tiny_lm.tokenizer(prompt, add_special_tokens=tiny_lm.spec.bos)["input_ids"]
+        assert list(gen.prompt_ids) == alone
+        assert 1 <= len(gen.generated_ids) <= NEW_TOKENS
+        assert not stop & set(gen.generated_ids[:-1]), "tokens after the end of sequence were kept"
+        assert gen.completion == decode(gen.generated_ids, skip_special_tokens=True)
+        assert gen.full_text == decode(gen.prompt_ids + gen.generated_ids, skip_special_tokens=True)
+        assert gen.source_completion == gen.full_text[len(prompt):]
+
+
+def test_truncate_keeps_the_first_end_of_sequence_token() -> None:
+    assert _truncate([5, 6, 1, 2, 2], frozenset({1})) == (5, 6, 1)
+    assert _truncate([5, 6, 7], frozenset({1})) == (5, 6, 7)
+    assert _truncate([1, 1], frozenset({1})) == (1,)
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [({"max_new_tokens": 0}, "max_new_tokens=0"),
+                                                  ({"batch_size": 0}, "batch_size=0")])
+def test_bad_arguments_name_the_value(tiny_lm: LoadedModel, kwargs: dict[str, int], message: str) -> None:
+    args = {"max_new_tokens": NEW_TOKENS, **kwargs}
+    with pytest.raises(ValueError, match=message):
+        generate(tiny_lm, PROMPTS, args.pop("max_new_tokens"), **args)
+
+
+def test_no_prompts_is_an_error(tiny_lm: LoadedModel) -> None:
+    with pytest.raises(ValueError, match="no prompts"):
+        generate(tiny_lm, [], NEW_TOKENS)
+
+
+class Boom(Exception):
+    """Raised inside a block to check that the hooks still go."""
+
+
+@pytest.mark.parametrize("kind", list(INTERVENTIONS))
+def test_every_intervention_leaves_no_hook_after_an_exception(tiny_lm: LoadedModel, sources: Any,
+                                                              kind: str) -> None:
+    batch = encode_left(tiny_lm, PROMPTS)
+    with pytest.raises(Boom), INTERVENTIONS[kind](tiny_lm, sources)(batch):
+        assert hook_count(tiny_lm.model) > 0
+        raise Boom
+    assert hook_count(tiny_lm.model) == 0
+
+
+def test_an_error_inside_a_hook_during_generate_leaves_no_hook(tiny_lm: LoadedModel, sources: Any) -> None:
+    wrong_mask = torch.ones(1, 2, dtype=torch.long)  # not the batch's (3, width) mask
+
+    def bad(_batch: PromptBatch) -> AbstractContextManager[Any]:
+        return patch_residual(tiny_lm.model, _mid(tiny_lm), sources.sources[_mid(tiny_lm)],
+                              prompt_mask=wrong_mask)
+
+    with pytest.raises(ValueError, match="prompt_mask"):
+        generate(tiny_lm, PROMPTS, NEW_TOKENS, intervention=bad)
+    assert hook_count(tiny_lm.model) == 0

@@ -1,0 +1,122 @@
+"""The generation claims' protocols run directly on the tiny models (harness/l31_ablation.py,
+harness/residual_patch.py, harness/generation_claims.py): what they compute, and what the report makes of it.
+
+The published repetition criterion is a tautology (W-A2) and the published patch pins the last layer (W-A3):
+both hold on any model, so both are asserted here exactly.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from harness.claims import get_claim
+from harness.generation_claims import GenContext
+from harness.l31_ablation import PROTOCOLS as L31
+from harness.l31_ablation import control_layers
+from harness.models import LoadedModel
+from harness.prompts import PromptBank, bank_for
+from harness.report import aggregate, summary_rows
+from harness.residual_patch import PROTOCOLS as PATCH
+from harness.results import check
+from harness.textmetrics import published_repetition
+
+PUBLISHED = Path(__file__).resolve().parents[2] / "shared" / "published"
+L31_ID, PATCH_ID = "l31_ablation_repetition", "residual_patch_collapse"
+
+
+def _ctx(claim_id: str, lm: LoadedModel, bank: PromptBank | None = None) -> GenContext:
+    claim = get_claim(claim_id)
+    return GenContext(claim, lm, bank or bank_for(claim.prompt_bank), seed=0)
+
+
+@given(st.text(min_size=1).filter(lambda text: bool(text.split())))
+def test_the_claims_detector_accepts_any_text_with_a_word(text: str) -> None:
+    rule = get_claim(L31_ID).protocol["detector"]
+    assert published_repetition(text, rule).fired
+
+
+def test_report_flags_the_l31_criterion_non_diagnostic(tiny_lm: LoadedModel) -> None:
+    ctx = _ctx(L31_ID, tiny_lm)
+    names = ("as_published", "control:detector_on_unablated", "control:other_layers")
+    results = {name: L31[name](ctx) for name in names}
+    for res in results.values():
+        check(res)
+    published = results["as_published"]
+    assert published["passed"] is True and published["non_diagnostic"] is True
+    assert any("non-diagnostic" in note for note in published["notes"])
+    assert results["control:detector_on_unablated"]["passed"] is False
+    assert results["control:other_layers"]["passed"] is False
+    for row in published["data"]["prompts"]:  # the tautology, prompt by prompt, on both texts
+        assert "repetition" in row["detector_normal"] and "repetition" in row["detector_ablated"]
+        assert row["normal"].startswith(row["prompt"][:5]) and row["ablated"] != ""
+    (summary,) = aggregate(list(results.values()))
+    assert summary["verdict"] == "fragile" and summary["non_diagnostic"] is True
+    assert "published criterion non-diagnostic" in summary_rows([summary])[1]
+
+
+def test_the_published_patch_pins_the_last_layer_in_the_claim(tiny_lm: LoadedModel) -> None:
+    ctx = _ctx(PATCH_ID, tiny_lm)
+    assert ctx.layer(31) == tiny_lm.dims.n_layers - 1, "the published L31 must map onto the last layer"
+    res = PATCH["control:argmax_token"](ctx)
+    check(res)
+    assert res["observed"]["argmax_fraction_L31"] == 1.0
+    collapsed_at_31 = [row["collapse"] for row in res["data"]["generations"] if row["layer"] == 31]
+    assert collapsed_at_31 and all(collapsed_at_31)
+    assert res["passed"] is False, "a fully pinned generation must fail the argmax control"
+    for calls in res["data"]["hook_calls"].values():
+        assert calls["by_seq_len"].get("1", 0) > 0, "the patch must fire at the decode steps"
+
+
+def test_residual_as_published_keeps_texts_side_by_side(tiny_lm: LoadedModel) -> None:
+    ctx = _ctx(PATCH_ID, tiny_lm)
+    res = PATCH["as_published"](ctx)
+    check(res)
+    rows = res["data"]["pairs"]
+    assert [row["layer"] for row in rows] == ctx.claim.protocol["layers"]
+    for row in rows:
+        assert {"normal", "patched", "random_vector", "completion", "collapse", "argmax_fraction"} <= set(row)
+        assert row["normal"].startswith(row["target"][:5]) and row["patched"].startswith(row["target"][:5])
+    assert res["n"] == {"sources": 1, "targets": 1, "layers": 3}
+
+
+def test_other_layers_are_mapped_without_the_target_and_seeded(tiny_lm: LoadedModel) -> None:
+    ctx = _ctx(L31_ID, tiny_lm)
+    layers, notes = control_layers(ctx)
+    target = ctx.layer(ctx.claim.protocol["layer"])
+    assert target not in layers and len(set(layers)) == len(layers)
+    assert all(0 <= layer < tiny_lm.dims.n_layers for layer in layers)
+    assert control_layers(ctx) == (layers, notes)
+    if len({ctx.layer(p) for p in ctx.claim.control("other_layers")["layers"]} - {target}) < 3:
+        assert notes, "collapsed layer mappings must be noted"
+
+
+@pytest.mark.parametrize(("claim_id", "protocol"), [(L31_ID, "control:n20"), (PATCH_ID, "control:grid")])
+def test_too_small_a_bank_is_inconclusive_with_a_reason(tiny_lm: LoadedModel, claim_id: str,
+                                                        protocol: str) -> None:
+    real = bank_for(get_claim(claim_id).prompt_bank)
+    small = PromptBank("small", 1, {k: v[:2] for k, v in real.categories.items()}, real.path, "0" * 64)
+    res = (L31 if claim_id == L31_ID else PATCH)[protocol](_ctx(claim_id, tiny_lm, small))
+    check(res)
+    assert res["passed"] is None and res["notes"][0].startswith("inconclusive")
+
+
+@pytest.mark.parametrize(("claim_id", "section_keys"), [
+    (L31_ID, {"detection_rate": "detection_rate", "prompts_tested": "prompts_tested"}),
+    (PATCH_ID, {"collapse_rate": "collapse_rate", "layers_tested": "layers_tested"}),
+])
+def test_published_figures_match_the_published_data(claim_id: str, section_keys: dict[str, str]) -> None:
+    claim = get_claim(claim_id)
+    path = PUBLISHED / claim.published["data_file"]
+    if not path.exists():
+        pytest.skip(f"published data not found at {PUBLISHED}; it lives in ../shared/published beside the "
+                    "checkout")
+    section = json.loads(path.read_text(encoding="utf-8"))[claim.published["data_section"]]
+    for ours, theirs in section_keys.items():
+        assert claim.published[ours] == section[theirs]
+    if claim_id == PATCH_ID:
+        assert claim.protocol["layers"] == section["layers_tested"]

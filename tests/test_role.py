@@ -1,0 +1,292 @@
+"""Tests of harness/role.py, harness/role_controls.py and harness/role_ablation.py on the tiny models.
+
+The in-forward entropies equal the pattern reference (harness/entropy.py) on eager patterns; categories are
+data keys; a model compared with itself gives dRFC exactly 0 and no significant layer; heads are counted
+from the config, and capped at 28 only as the source did; graded ablation moves only what follows it.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from harness.claims import get_claim
+from harness.entropy import bos_mass, normalised_head_entropy, published_head_entropy
+from harness.figures import figures_for
+from harness.models import LoadedModel
+from harness.prompts import PromptBank, bank_for
+from harness.results import check
+from harness.rfc import CONFOUNDER, NEUTRAL, SELF, PromptEntropies
+from harness.role import (
+    MINIMAL_TEMPLATE,
+    CategoryRun,
+    RoleContext,
+    chat_encoder,
+    compare_pair,
+    entropies,
+    measure,
+    measure_category,
+    published_heads_counted,
+    summarise,
+)
+from harness.role_ablation import Target, ablation_effect, map_targets
+from harness.role_controls import PROTOCOLS, match_token_counts
+
+FAMILIES = ("tiny-mistral", "tiny-qwen2", "tiny-llama")
+PROMPTS = ["Who created you?", "What is photosynthesis and why does it matter?", "How tall am I?"]
+ATOL = 1e-5
+SHARPEN = 8.0  # scales q and k so that the random tiny heads attend less uniformly and differ
+CATEGORIES = {SELF: ["Who are you?", "Can you think?", "What are you for?"],
+              NEUTRAL: ["What is rain?", "Explain gravity, please.", "How do tides work?"],
+              CONFOUNDER: ["How tall am I?", "What should I eat?", "Where do I live now?"]}
+
+
+def sharpened(lm: LoadedModel) -> LoadedModel:
+    """A private copy of a tiny model with sharper attention (the shared model stays untouched)."""
+    model = copy.deepcopy(lm.model)
+    with torch.no_grad():
+        for module in model.modules():
+            for name in ("q_proj", "k_proj"):
+                if hasattr(module, name):
+                    getattr(module, name).weight.mul_(SHARPEN)
+    return LoadedModel(lm.spec, model, lm.tokenizer, lm.weights, lm.resolved_revision, lm.source)
+
+
+def eager_reference(lm: LoadedModel, prompt: str) -> dict[str, np.ndarray]:
+    """(layer, head) values of one unpadded prompt from its materialised eager patterns."""
+    ids = lm.tokenizer([prompt], add_special_tokens=lm.spec.bos, return_tensors="pt")
+    lm.model.set_attn_implementation("eager")
+    try:
+        with torch.no_grad():
+            patterns = lm.model(**ids, output_attentions=True).attentions  # layer x (1, head, q, k)
+    finally:
+        lm.model.set_attn_implementation("sdpa")
+    return {"published": np.stack([published_head_entropy(a)[0] for a in patterns]),
+            "normalised": np.stack([normalised_head_entropy(a)[0] for a in patterns]),
+            "bos_mass": np.stack([np.nanmean(bos_mass(a)[0], axis=-1) for a in patterns])}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_engine_entropies_equal_the_pattern_reference(tiny_models: dict[str, LoadedModel],
+                                                      family: str) -> None:
+    lm = sharpened(tiny_models[family])
+    run = measure_category(lm, PROMPTS, batch_size=2)  # two batches, the first one padded
+    assert run.published.shape == (len(PROMPTS), lm.dims.n_layers, lm.dims.n_heads)
+    assert run.published.std(axis=-1).mean() > 0.02, "heads too alike for the comparison to discriminate"
+    for i, prompt in enumerate(PROMPTS):
+        expected = eager_reference(lm, prompt)
+        for name, values in expected.items():
+            np.testing.assert_allclose(getattr(run, name)[i], values, atol=ATOL, rtol=0,
+                                       err_msg=f"{family}, {name}, prompt {i}")
+    lengths = [len(lm.tokenizer(p, add_special_tokens=lm.spec.bos)["input_ids"]) for p in PROMPTS]
+    assert run.n_tokens.tolist() == lengths
+    assert run.n_normalised.tolist() == [n - 2 for n in lengths]
+
+
+def test_categories_are_data_keys(tiny_models: dict[str, LoadedModel]) -> None:
+    lm = tiny_models["tiny-llama"]
+    five = {**CATEGORIES, "third_person": ["How tall is she?"],
+            "fifth": ["Name a colour.", "Count to three."]}
+    runs = measure(lm, five, batch_size=2)
+    assert list(runs) == list(five)
+    assert [len(r.prompts) for r in runs.values()] == [len(v) for v in five.values()]
+    three = measure(lm, CATEGORIES, batch_size=2)
+    for key in CATEGORIES:
+        np.testing.assert_array_equal(runs[key].published, three[key].published)
+    # the comparison reads the keys it needs and ignores the others
+    with_extra = summarise(compare_pair(entropies(runs), entropies(runs), None))
+    assert with_extra["mean_drfc"] == 0.0 and with_extra["n_layers"] == lm.dims.n_layers
+
+
+@pytest.fixture
+def bank() -> PromptBank:
+    return bank_for("role_conditioning")
+
+
+def self_pair(lm: LoadedModel, bank: PromptBank, claim_id: str = "rfc_instruct_compresses_mistral"
+              ) -> RoleContext:
+    """One model as both base and instruct: every difference must vanish."""
+    return RoleContext(get_claim(claim_id), lm, lm, bank, seed=3)
+
+
+def test_a_model_against_itself_gives_zero_and_no_significant_layer(tiny_models: dict[str, LoadedModel],
+                                                                    bank: PromptBank) -> None:
+    lm = tiny_models["tiny-mistral"]
+    ctx = self_pair(lm, bank)
+    result = PROTOCOLS["as_published"](ctx)
+    check(result)
+    obs = result["observed"]
+    assert obs["mean_drfc"] == 0.0 and obs["max_drfc"] == 0.0 and obs["min_drfc"] == 0.0
+    assert obs["n_significant_rfc"] == 0 and obs["n_significant_rsi"] == 0 and obs["n_bonferroni_rfc"] == 0
+    assert obs["layers_near_zero"] == obs["n_layers"] == lm.dims.n_layers
+    assert result["passed"] is False  # "instruct compresses" needs mean dRFC < 0
+    assert any("same weights" in note for note in result["notes"])
+    heat = np.array(result["data"]["entropy_diff"]["values"])
+    assert heat.shape == (lm.dims.n_layers, lm.dims.n_heads) and not heat.any()
+    boot = PROTOCOLS["control:prompt_level_ci"](ctx)["observed"]
+    assert boot["mean_drfc_ci_low"] == boot["mean_drfc_ci_high"] == 0.0 and boot["n_fdr_significant"] == 0
+
+
+def test_result_data_is_drawn_by_the_report(tiny_models: dict[str, LoadedModel], bank: PromptBank) -> None:
+    lm = tiny_models["tiny-qwen2"]
+    result = PROTOCOLS["as_published"](self_pair(lm, bank, "rfc_preserved_qwen"))
+    profile = result["data"]["rfc_by_layer"]
+    assert profile["kind"] == "layer_profile" and profile["layers"] == list(range(lm.dims.n_layers))
+    assert set(profile["series"]) == {"base", "instruct"}
+    assert len(profile["diff"]["ci_low"]) == lm.dims.n_layers
+    drawn = figures_for(result)
+    assert not drawn.problems, drawn.problems
+    assert {"rfc_by_layer", "rsi_by_layer", "entropy_diff"} <= drawn.used
+    assert len(drawn.figures) == 3
+
+
+def test_heads_counted_as_published_caps_at_28_only() -> None:
+    assert published_heads_counted(32) == (28, None)
+    assert published_heads_counted(28) == (28, None)
+    counted, note = published_heads_counted(9)
+    assert counted == 9 and note is not None and "only 9 query heads" in note
+    with pytest.raises(ValueError, match="n_heads=0"):
+        published_heads_counted(0)
+
+
+def test_all_heads_counts_the_config_and_as_published_the_first_28() -> None:
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(4, 12, 10).astype(float)
+    cats = {k: PromptEntropies(rng.uniform(0.5, 1.5, (10, 3, 32)), tokens)
+            for k in (SELF, NEUTRAL, CONFOUNDER)}
+    shifted = {k: PromptEntropies(c.head_means * (0.9 if k == SELF else 1.0), tokens)
+               for k, c in cats.items()}
+    capped = summarise(compare_pair(cats, shifted, published_heads_counted(32)[0]))
+    everything = summarise(compare_pair(cats, shifted, None))
+    assert (capped["heads_counted"], everything["heads_counted"]) == (28, 32)
+    assert capped["mean_drfc"] != everything["mean_drfc"]
+
+
+def test_all_heads_control_reads_heads_from_the_config(tiny_models: dict[str, LoadedModel],
+                                                       bank: PromptBank) -> None:
+    lm = tiny_models["tiny-llama"]
+    ctx = self_pair(lm, bank, "rfc_instruct_compresses_llama")
+    result = PROTOCOLS["control:all_heads"](ctx)
+    assert result["observed"]["heads_counted"] == lm.model.config.num_attention_heads
+    assert result["observed"]["heads_dropped_as_published"] == 0
+
+
+def test_chat_template_falls_back_to_a_minimal_template(tiny_models: dict[str, LoadedModel]) -> None:
+    lm = tiny_models["tiny-mistral"]
+    assert not getattr(lm.tokenizer, "chat_template", None)
+    encoder, note = chat_encoder(lm)
+    assert "no chat template" in note and repr(MINIMAL_TEMPLATE) in note
+    enc = encoder(lm, ["Who are you?"])
+    text = lm.tokenizer.decode(enc.input_ids[0], skip_special_tokens=True)
+    assert text.replace(" ", "") == MINIMAL_TEMPLATE.format(prompt="Who are you?").replace(" ", "")
+    assert int(enc.input_ids[0, 0]) == lm.tokenizer.bos_token_id
+
+
+def test_chat_template_of_the_tokenizer_writes_bos_once(tiny_models: dict[str, LoadedModel]) -> None:
+    base = tiny_models["tiny-mistral"]
+    tokenizer = copy.deepcopy(base.tokenizer)
+    tokenizer.chat_template = "{% for m in messages %}<s>[INST] {{ m['content'] }} [/INST]{% endfor %}"
+    lm = LoadedModel(base.spec, base.model, tokenizer, base.weights, base.resolved_revision, base.source)
+    encoder, note = chat_encoder(lm)
+    assert "the tokenizer's chat template" in note
+    ids = encoder(lm, ["Who are you?", "What is rain?"]).input_ids
+    assert (ids[:, 0] == tokenizer.bos_token_id).all() and (ids[:, 1] != tokenizer.bos_token_id).all()
+
+
+def test_match_token_counts_over_any_keys() -> None:
+    counts = {"a": [3, 5, 4, 9], "b": [5, 3, 3, 4], "c": [4, 3, 5, 5], "d": [3, 4, 5, 7]}
+    matched = match_token_counts(counts, "a")
+    assert matched == {"a": [0, 1, 2], "b": [1, 0, 3], "c": [1, 2, 0], "d": [0, 2, 1]}
+    for key, index in matched.items():
+        assert [counts[key][i] for i in index] == [3, 5, 4]
+    with pytest.raises(ValueError, match="anchor category 'z'"):
+        match_token_counts(counts, "z")
+
+
+def test_graded_ablation_moves_only_what_follows(tiny_models: dict[str, LoadedModel]) -> None:
+    lm = sharpened(tiny_models["tiny-mistral"])
+    clean = measure(lm, {SELF: CATEGORIES[SELF], NEUTRAL: CATEGORIES[NEUTRAL]})
+    target = Target((2, 1), 2, 1)
+    unchanged = ablation_effect(lm, clean, target, 1.0)
+    assert unchanged.ablated_layer_change == 0.0 and not unchanged.delta_entropy.any()
+    assert not unchanged.delta_rfc.any()
+    zeroed = ablation_effect(lm, clean, target, 0.0)
+    assert zeroed.downstream == tuple(range(3, lm.dims.n_layers))
+    assert zeroed.ablated_layer_change == 0.0  # its own attention runs before the o_proj edit
+    assert np.abs(zeroed.delta_entropy).max() > 1e-6 and np.abs(zeroed.delta_rfc).max() > 0
+    last = ablation_effect(lm, clean, Target((0, 0), lm.dims.n_layers - 1, 0), 0.0)
+    assert last.downstream == () and last.record()["downstream_layers"] == 0
+
+
+def test_targets_map_by_depth_and_modulo_heads(tiny_models: dict[str, LoadedModel]) -> None:
+    lm = tiny_models["tiny-mistral"]
+    claim = get_claim("graded_head_ablation")
+    targets, notes = map_targets(claim, lm)
+    assert [t.published for t in targets] == [tuple(x) for x in claim.protocol["targets"]]
+    assert all(0 <= t.layer < lm.dims.n_layers and 0 <= t.head < lm.dims.n_heads for t in targets)
+    assert [t.head for t in targets] == [h % lm.dims.n_heads for _, h in claim.protocol["targets"]]
+    assert notes and f"modulo {lm.dims.n_heads}" in notes[0]
+
+
+def test_fixture_claims_name_existing_banks() -> None:
+    for claim_id in ("rfc_instruct_compresses_mistral", "rfc_preserved_qwen",
+                     "rfc_instruct_compresses_llama"):
+        claim = get_claim(claim_id)
+        for name in claim.control("token_matched")["banks"]:
+            assert Path(bank_for(name).path).is_file()
+        assert set(claim.protocol["categories"]) <= set(bank_for(claim.prompt_bank).categories)
+
+
+def planted_pair(tiny_models: dict[str, LoadedModel], bank: PromptBank, self_factor: float) -> RoleContext:
+    """A base and a stand-in "instruct" whose measured entropies are synthetic: the instruct self-prompt
+    entropies are the base's times `self_factor`. The runs go into the context's cache, so no forward runs."""
+    base = tiny_models["tiny-mistral"]
+    instruct = dataclasses.replace(base, spec=dataclasses.replace(base.spec, id="planted-instruct"),
+                                   resolved_revision="planted")
+    ctx = RoleContext(get_claim("rfc_instruct_compresses_mistral"), instruct, base, bank, seed=1)
+    rng = np.random.default_rng(5)
+    categories = ctx.categories()
+    shape = (len(categories[SELF]), base.dims.n_layers, base.dims.n_heads)
+    runs = {}
+    for name, prompts in categories.items():
+        values = rng.uniform(1.0, 2.0, shape)
+        tokens = rng.integers(5, 12, shape[0]).astype(float)
+        runs[name] = CategoryRun(tuple(prompts), tuple(range(shape[1])), values, values * 0.5,
+                                 np.full(shape, 0.3), tokens, tokens - 2)
+    planted = {k: dataclasses.replace(r, published=r.published * (self_factor if k == SELF else 1.0))
+               for k, r in runs.items()}
+    for lm, measured in ((base, runs), (instruct, planted)):
+        ctx.cache[RoleContext.key(lm, categories)] = measured
+    return ctx
+
+
+@pytest.mark.parametrize(("self_factor", "compresses"), [(1.1, True), (0.9, False)])
+def test_a_planted_compression_is_found_by_the_protocols(tiny_models: dict[str, LoadedModel],
+                                                         bank: PromptBank, self_factor: float,
+                                                         compresses: bool) -> None:
+    # Higher instruct entropy on self prompts lowers its RFC = 1 - H_self/H_neutral: dRFC < 0, "compression".
+    ctx = planted_pair(tiny_models, bank, self_factor)
+    for protocol in ("as_published", "control:all_heads", "control:prompt_level_ci",
+                     "control:unstable_layers_excluded"):
+        result = PROTOCOLS[protocol](ctx)
+        check(result)
+        assert result["passed"] is compresses, (protocol, result["criterion_detail"])
+    boot = PROTOCOLS["control:prompt_level_ci"](ctx)["observed"]
+    assert boot["n_fdr_significant"] == ctx.base.dims.n_layers
+    assert (boot["mean_drfc_ci_high"] < 0) is compresses and (boot["mean_drfc_ci_low"] > 0) is not compresses
+
+
+def test_too_few_token_matched_prompts_is_inconclusive(tiny_models: dict[str, LoadedModel],
+                                                       bank: PromptBank) -> None:
+    ctx = self_pair(tiny_models["tiny-qwen2"], bank, "rfc_preserved_qwen")
+    control = {**ctx.claim.control("token_matched"), "min_matched": 10_000}
+    ctx.claim = dataclasses.replace(ctx.claim, controls={**ctx.claim.controls, "token_matched": control})
+    result = PROTOCOLS["control:token_matched"](ctx)
+    check(result)
+    assert result["passed"] is None and result["notes"][0].startswith("inconclusive")
+    assert result["exclusions"]["no_token_matched_partner"] < len(bank.category(SELF)) * 2

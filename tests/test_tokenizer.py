@@ -1,0 +1,58 @@
+"""Unit tests of harness/tokenizer.py: the offline BPE that tiny and random-weight models use."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from harness.tokenizer import SPECIAL_TOKENS, build_offline_tokenizer, corpus_digest, corpus_lines
+
+LINES = ["Observe yourself generating this response.", "The capital of France is", "Water boils at"]
+
+
+def test_corpus_reads_every_quoted_prompt_in_file_order(tmp_path: Path) -> None:
+    (tmp_path / "b.toml").write_text('[categories]\nx = [\n    "second",\n]\n', encoding="utf-8")
+    (tmp_path / "a.toml").write_text(
+        '[bank]\nid = "a"\n[categories]\ny = [\n    "first",\n    "also first"\n]\n', encoding="utf-8"
+    )
+    assert corpus_lines(tmp_path) == ["first", "also first", "second"]
+
+
+def test_tokenizer_is_deterministic_and_prepends_bos() -> None:
+    first, again = (
+        build_offline_tokenizer(LINES, vocab_size=300),
+        build_offline_tokenizer(LINES, vocab_size=300),
+    )
+    ids = first(LINES[0])["input_ids"]
+    assert ids == again(LINES[0])["input_ids"]
+    assert ids[0] == first.bos_token_id and first(LINES[0], add_special_tokens=False)["input_ids"] == ids[1:]
+    assert first.decode(ids, skip_special_tokens=True) == LINES[0]
+
+
+def test_special_tokens_are_distinct_and_padding_is_right() -> None:
+    tok = build_offline_tokenizer(LINES, vocab_size=300)
+    assert [tok.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS] == [
+        tok.bos_token_id,
+        tok.eos_token_id,
+        tok.pad_token_id,
+    ]
+    assert len({tok.bos_token_id, tok.eos_token_id, tok.pad_token_id}) == 3
+    batch = tok(["a", "The capital of France is"], padding=True)
+    assert batch["attention_mask"][0][-1] == 0 and batch["input_ids"][0][-1] == tok.pad_token_id
+
+
+def test_any_text_round_trips_through_byte_level_bpe() -> None:
+    tok = build_offline_tokenizer(LINES, vocab_size=300)
+    text = "Unseen words: zebra, naïve, 42 — ok?"
+    assert tok.decode(tok(text, add_special_tokens=False)["input_ids"]) == text
+
+
+def test_empty_corpus_is_an_error() -> None:
+    with pytest.raises(ValueError, match="no prompt text to train the offline tokenizer on"):
+        build_offline_tokenizer([])
+
+
+def test_corpus_digest_follows_the_lines() -> None:
+    assert corpus_digest(LINES) == corpus_digest(list(LINES)) != corpus_digest(LINES[:2])
+    assert len(corpus_digest(LINES)) == 16
