@@ -1,45 +1,35 @@
 """Per-layer, per-head attention entropy computed inside the attention forward, without keeping patterns.
 
-How it works
-------------
-`attention_entropy(model, layers)` registers a uniquely named attention function with transformers'
-`AttentionInterface` (and, where transformers has one, the same name with `AttentionMaskInterface`, mapped
-to the sdpa mask builder) and points `model.config._attn_implementation` at it. Every layer then calls that
-function with the query/key/value states and the mask that sdpa would get. It returns the output of the
-ordinary `sdpa_attention_forward`, so logits are unchanged; for the requested layers (`module.layer_idx`) it
-also recomputes softmax(q k^T * scaling + mask) in float32 from the query and (un-repeated) key states,
-reduces every query row to three numbers and drops the probabilities before the next layer runs. Only those
-reductions, (layer, 3, batch, head, q), outlive a layer. Long inputs run in blocks of query rows so the
-float32 temporaries stay under `chunk_bytes`. On CUDA the per-layer reduction is captured once per input shape
-as a CUDA graph and replayed for every layer: the GPU work is small and a forward is launch-bound, so this
-keeps the overhead to four launches per layer. On exit, in `finally`, the config and registries are restored.
+How: `attention_entropy(model, layers)` registers a uniquely named function with transformers'
+`AttentionInterface` (and the same name with `AttentionMaskInterface`, mapped to the sdpa mask builder) and
+points `model.config._attn_implementation` at it. Each layer's call returns `sdpa_attention_forward`'s
+output, so logits are unchanged; for requested layers (`module.layer_idx`) it also recomputes
+softmax(q k^T * scaling + mask) in float32 from the query and un-repeated key states, reduces each query row
+to three numbers and drops the probabilities there: only (layer, 3, batch, head, q) outlives a layer. Long
+inputs go in blocks of query rows (float32 temporaries under `chunk_bytes`). The reduction is a dozen small
+kernels, more CPU than GPU time at the published sizes, so on CUDA it is captured once per input shape as a
+CUDA graph and replayed per layer. `finally` restores the config and registries and frees the graphs.
 
-Masks, padding, GQA
--------------------
-- The mask arrives as sdpa builds it: None (causal, sdpa's `is_causal` path), a boolean (batch, 1, q, k)
-  mask (True = attend), or on transformers 4.x an additive float mask. It becomes one additive float32 bias
-  per forward (cached on the mask object), so padding, causality and sliding windows are the model's own.
-- A token is valid when the mask lets it attend to itself (the mask diagonal). Padding must be on the right
-  (the harness's convention; left padding raises). T_b = valid tokens of prompt b; q indexes positions in the
-  prompt. Padded queries are left out of every mean; padded keys get probability 0.
-- GQA: the query heads sharing a key head (n_heads // n_kv_heads, from the tensor shapes) are multiplied by
-  that key head as one block, which equals repeating the key heads; head h uses key head h // groups.
-- Full forwards only: query and key lengths must match (no cached prefix, no generate()).
+Masks, padding, GQA: the mask is the one sdpa gets: None (causal), boolean (batch, 1, q, k) with True =
+attend, or (transformers 4.x) additive float; it becomes one float32 bias per forward, so padding, causality
+and sliding windows are the model's own. A token is valid when the mask lets it attend to itself (the
+diagonal); padding must be on the right (left padding raises); T_b = valid tokens of prompt b and q is the
+position in the prompt. Padded queries are left out of every mean; padded keys get probability 0. The query
+heads sharing a key head (n_heads // n_kv_heads, from the tensor shapes) are multiplied by it as one block,
+which equals repeating the key heads: head h uses key head h // groups. Full forwards only (no KV cache).
 
-Definitions (per layer, prompt b, head h; p = the attention row of query q)
---------------------------------------------------------------------------
-- published: H_q = -sum_k p'_k ln p'_k, p' = (p + 1e-8) / (1 + T_b * 1e-8) over all T_b keys (future keys
-  at p = 0 included); the value is the mean of H_q over q = 0 .. T_b - 1, q = 0 included. `published_sum`
-  (sum over q) and `n_tokens` (T_b) pool it token-weighted over prompts, as aggregation (b) does.
-- normalised: for q >= 2, drop key 0 (BOS where there is one), renormalise over keys 1..q (no epsilon) and
-  take G_q = H'_q / ln(q), ln(q) being the largest entropy over those q keys. G_q is in [0, 1] and equals 1
-  for uniform attention at every q, so the published value's length trend is gone. (Dividing by ln(q + 1)
-  would leave ln(q)/ln(q + 1) for uniform attention, a length trend.) The value is the mean over
-  q = 2 .. T_b - 1 (NaN under 3 tokens); `normalised_sum` and `n_normalised` pool it.
-- bos_mass: mean over q = 0 .. T_b - 1 of p_q[0], the attention probability on key 0.
+Definitions (layer, prompt b, head h; p = attention row of query q):
+- published: H_q = -sum_k p'_k ln p'_k, p' = (p + 1e-8) / (1 + T_b 1e-8) over all T_b keys (future keys at
+  p = 0 included); the mean of H_q over q = 0 .. T_b - 1. `published_sum` (over q) and `n_tokens` (T_b)
+  pool it token-weighted over prompts, as aggregation (b) does.
+- normalised: for q >= 2, drop key 0 (BOS where there is one), renormalise over keys 1..q (no epsilon):
+  G_q = H'_q / ln(q), ln(q) being the largest entropy over q keys, so G_q is in [0, 1] and 1 for uniform
+  attention at every q (dividing by ln(q + 1) would leave ln(q)/ln(q + 1), a length trend). The mean over
+  q = 2 .. T_b - 1, NaN under 3 tokens; `normalised_sum` and `n_normalised` pool it.
+- bos_mass: the mean over q = 0 .. T_b - 1 of p_q[0].
 
-Limitations: right padding only; no KV-cache prefix; ln(q) is the maximum only while keys 1..q are all
-visible (not past a sliding window); probabilities are dropout-free (run models in eval mode).
+Limitations: right padding; no cached prefix; ln(q) is the maximum only while keys 1..q are all visible
+(not past a sliding window); dropout-free probabilities (eval mode).
 """
 
 from __future__ import annotations
@@ -65,7 +55,7 @@ except ImportError:  # pragma: no cover - transformers 4.48 - 4.52 build an addi
 VARIANTS = ("published", "normalised")
 EPS = 1e-8
 DEFAULT_CHUNK_BYTES = 64 * 2**20
-_GRAPH_MAX_BYTES = 64 * 2**20  # CUDA graphs only for layers whose float32 buffers fit in this
+_GRAPH_MAX_BYTES = 64 * 2**20  # CUDA graphs only for layers whose buffers fit in this
 _BOS, _PUBLISHED, _NOBOS = 0, 1, 2  # rows of the per-query statistics
 _NAME_PREFIX = "harness_entropy"
 _names = itertools.count()
@@ -135,20 +125,38 @@ def mask_bias(mask: torch.Tensor | None, batch: int, length: int, device: torch.
     return bias, valid
 
 
-def to_blocks(query: torch.Tensor, key: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """float32 copies laid out for a matmul per key head: (batch, kv, q, group, dim), (batch, kv, k, dim)."""
+def grouped(query: torch.Tensor, n_kv: int) -> torch.Tensor:
+    """A view of query (batch, head, q, dim) as (batch, kv, q, group, dim): head h = kv * group + g."""
     batch, n_heads, n_q, dim = query.shape
-    n_kv = key.shape[1]
     if n_heads % n_kv:
         raise ValueError(f"query has {n_heads} heads and key {n_kv}: query heads must be a multiple of those")
-    grouped = query.view(batch, n_kv, n_heads // n_kv, n_q, dim).transpose(2, 3)  # (batch, kv, q, group, dim)
-    return grouped.to(torch.float32, memory_format=torch.contiguous_format), key.to(
-        torch.float32, memory_format=torch.contiguous_format)
+    return query.view(batch, n_kv, n_heads // n_kv, n_q, dim).transpose(2, 3)
 
 
-def rows_per_block(q_blocks: torch.Tensor, n_keys: int, chunk_bytes: int) -> int:
-    batch, n_kv, _, groups, _ = q_blocks.shape
-    return max(1, chunk_bytes // (2 * 4 * batch * n_kv * groups * n_keys))
+def to_blocks(query: torch.Tensor, key: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """float32 copies laid out for a matmul per key head: (batch, kv, q, group, dim), (batch, kv, k, dim)."""
+    contiguous = torch.contiguous_format
+    return (grouped(query, key.shape[1]).to(torch.float32, memory_format=contiguous),
+            key.to(torch.float32, memory_format=contiguous))
+
+
+def _row_shape(query: torch.Tensor, key: torch.Tensor) -> tuple[int, ...]:
+    """One layer's per-query statistics, (3, batch, kv, q, group), for query (batch, head, q, dim)."""
+    batch, n_heads, n_q, _ = query.shape
+    return (3, batch, key.shape[1], n_q, n_heads // key.shape[1])
+
+
+def rows_per_block(query: torch.Tensor, n_keys: int, chunk_bytes: int) -> int:
+    """Query rows per block so that two float32 (batch, head, rows, k) temporaries fit in chunk_bytes."""
+    return max(1, chunk_bytes // (2 * 4 * query.shape[0] * query.shape[1] * n_keys))
+
+
+def layer_rows(query: torch.Tensor, key: torch.Tensor, bias: torch.Tensor, out: torch.Tensor, scaling: float,
+               variants: tuple[str, ...], chunk_bytes: int) -> None:
+    """Per-query statistics of one layer from query (batch, head, q, dim) and key (batch, kv, k, dim)."""
+    q_blocks, k_blocks = to_blocks(query, key)
+    step = rows_per_block(query, key.shape[2], chunk_bytes)
+    row_statistics(q_blocks, k_blocks, bias, out, scaling, variants, step)
 
 
 def row_statistics(q_blocks: torch.Tensor, k_blocks: torch.Tensor, bias: torch.Tensor, out: torch.Tensor,
@@ -163,11 +171,13 @@ def row_statistics(q_blocks: torch.Tensor, k_blocks: torch.Tensor, bias: torch.T
     keys_t = k_blocks.transpose(-1, -2)  # (batch, kv, dim, k)
     for start in range(0, n_q, step):
         stop = min(start + step, n_q)
-        rows = q_blocks[:, :, start:stop].reshape(batch, n_kv, (stop - start) * groups, dim)
-        scores = torch.matmul(rows, keys_t)  # (batch, kv, q * group, k)
-        blocks = scores.view(batch, n_kv, stop - start, groups, n_keys)  # (batch, kv, q, group, k)
-        blocks.mul_(scaling).add_(bias[:, :, start:stop].unsqueeze(3))
-        _reduce_block(blocks, out[:, :, :, start:stop], variants)
+        n_rows = stop - start
+        # (batch, kv, q, group, dim) -> (batch, kv, q * group, dim): one matmul per key head
+        rows = q_blocks[:, :, start:stop].reshape(batch, n_kv, n_rows * groups, dim)
+        scores = torch.matmul(rows, keys_t).view(batch, n_kv, n_rows, groups, n_keys)  # (b, kv, q, group, k)
+        scores = torch.add(bias[:, :, start:stop].unsqueeze(3), scores, alpha=scaling)  # scale + mask
+        _reduce_block(scores, out[:, :, :, start:stop], variants)
+        del scores
 
 
 def _reduce_block(scores: torch.Tensor, out: torch.Tensor, variants: tuple[str, ...]) -> None:
@@ -186,23 +196,42 @@ def _reduce_block(scores: torch.Tensor, out: torch.Tensor, variants: tuple[str, 
         torch.sum(torch.special.entr(smoothed, out=smoothed), dim=-1, out=out[_PUBLISHED])
 
 
-class _GraphedRows:
-    """`row_statistics` for one input shape, captured as a CUDA graph and replayed for every layer."""
+_Rows = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], None]  # (query, key, bias, out)
+_Forward = tuple[tuple[torch.Size, torch.Size], tuple[torch.Tensor, ...], _Rows]  # shapes, layer slots, run
+_capture_streams: dict[torch.device, torch.cuda.Stream] = {}
 
-    def __init__(self, q_blocks: torch.Tensor, k_blocks: torch.Tensor, bias: torch.Tensor,
-                 run: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], None]) -> None:
-        self.q, self.k, self.bias = q_blocks.clone(), k_blocks.clone(), bias.clone()
-        self.bias_source: torch.Tensor | None = bias
-        self.out = q_blocks.new_empty((3, *q_blocks.shape[:-1]))  # (3, batch, kv, q, group)
-        run(self.q, self.k, self.bias, self.out)  # warm-up on the current stream: no new cuBLAS workspace
+
+def _capture_stream(device: torch.device) -> torch.cuda.Stream:
+    """One side stream per device for graph capture, reused so that cuBLAS sets up its workspace once."""
+    if device not in _capture_streams:
+        _capture_streams[device] = torch.cuda.Stream(device=device)
+    return _capture_streams[device]
+
+
+class _GraphedRows:
+    """`row_statistics` for one input shape as a CUDA graph: four launches per layer instead of a dozen."""
+
+    def __init__(self, query: torch.Tensor, key: torch.Tensor, run: _Rows) -> None:
+        self.query, self.key = to_blocks(query, key)
+        batch, _, n_q, _ = query.shape
+        self.bias = query.new_zeros((batch, 1, n_q, key.shape[2]), dtype=torch.float32)
+        self.bias_source: torch.Tensor | None = None
+        self.out = query.new_empty(_row_shape(query, key), dtype=torch.float32)
         self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            run(self.q, self.k, self.bias, self.out)
+        stream = _capture_stream(query.device)
+        stream.wait_stream(torch.cuda.current_stream(query.device))
+        with torch.cuda.stream(stream):  # capture_begin directly: torch.cuda.graph() would empty the cache
+            run(self.query, self.key, self.bias, self.out)  # warm-up on the same stream, outside the capture
+            self.graph.capture_begin(capture_error_mode="thread_local")
+            try:
+                run(self.query, self.key, self.bias, self.out)
+            finally:
+                self.graph.capture_end()
+        torch.cuda.current_stream(query.device).wait_stream(stream)
 
     def __call__(self, query: torch.Tensor, key: torch.Tensor, bias: torch.Tensor, out: torch.Tensor) -> None:
-        grouped = self.q.shape
-        self.q.copy_(query.view(grouped[0], grouped[1], grouped[3], grouped[2], -1).transpose(2, 3))
-        self.k.copy_(key)
+        self.query.copy_(grouped(query, key.shape[1]))  # casts to float32 in the same pass
+        self.key.copy_(key)
         if bias is not self.bias_source:
             self.bias.copy_(bias)
             self.bias_source = bias
@@ -244,12 +273,10 @@ def head_entropy(query: torch.Tensor, key: torch.Tensor, attention_mask: torch.T
     """
     chosen = check_variants(variants)
     bias, valid = mask_bias(attention_mask, query.shape[0], key.shape[2], query.device)
-    q_blocks, k_blocks = to_blocks(query, key)
-    out = q_blocks.new_empty((1, 3, *q_blocks.shape[:-1]))  # (layer, 3, batch, kv, q, group)
+    out = query.new_empty((1, *_row_shape(query, key)), dtype=torch.float32)
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
-    step = rows_per_block(q_blocks, key.shape[2], chunk_bytes)
     with torch.no_grad():
-        row_statistics(q_blocks, k_blocks, bias, out[0], scale, chosen, step)
+        layer_rows(query, key, bias, out[0], scale, chosen, chunk_bytes)
     return reduce_rows(out, valid, (0,), chosen)
 
 
@@ -275,8 +302,9 @@ class AttentionEntropy:
         self._slot = {layer: i for i, layer in enumerate(chosen)}
         self._done: set[int] = set()
         self._stats: torch.Tensor | None = None  # (layer, 3, batch, kv, q, group) of the current forward
-        self._mask: tuple[torch.Tensor | None, tuple[int, int], torch.Tensor, torch.Tensor] | None = None
         self._graphs: dict[tuple[Any, ...], _GraphedRows] = {}
+        self._forward: _Forward | None = None  # set at the first requested layer of each forward
+        self._mask: tuple[torch.Tensor | None, tuple[int, int], torch.Tensor, torch.Tensor] | None = None
         self._saved: str | None = None
 
     def __call__(self, module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -297,55 +325,50 @@ class AttentionEntropy:
             self._mask = (mask, (batch, length), *mask_bias(mask, batch, length, device))
         return self._mask[2], self._mask[3]
 
-    def _output(self, layer: int, query: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
-        """This layer's slot in the current forward's statistics, allocated at the forward's first layer."""
+    def _record(self, layer: int, query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor | None,
+                scaling: float | None) -> None:
         if layer in self._done:
             raise RuntimeError(f"layer {layer} ran twice before pop(): call pop() after each forward "
                                "(generate() and cached decoding are not supported)")
-        batch, n_heads, n_q, _ = query.shape
-        shape = (len(self.layers), 3, batch, key.shape[1], n_q, n_heads // key.shape[1])
-        if self._stats is None:
-            self._stats = query.new_empty(shape, dtype=torch.float32)
-        elif self._stats.shape != shape:
-            raise RuntimeError(f"layer {layer} has statistics of shape {shape[1:]}, earlier layers of this "
-                               f"forward {tuple(self._stats.shape[1:])}: call pop() after each forward")
-        self._done.add(layer)
-        return self._stats[self._slot[layer]]
-
-    def _record(self, layer: int, query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor | None,
-                scaling: float | None) -> None:
         if key.shape[2] != query.shape[2]:
             raise ValueError(f"layer {layer}: {query.shape[2]} queries but {key.shape[2]} keys; attention_"
                              "entropy needs a full forward without a cached prefix (no generate())")
+        if self._forward is None:  # the first requested layer of this forward
+            scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+            self._forward = self._start(query, key, scale)
+        shapes, slots, run = self._forward
+        if shapes != (query.shape, key.shape):
+            raise RuntimeError(f"layer {layer}: query {tuple(query.shape)} and key {tuple(key.shape)} differ "
+                               f"from earlier layers' {shapes}: call pop() after each forward")
         bias, _ = self._bias(mask, query.shape[0], key.shape[2], query.device)
-        out = self._output(layer, query, key)
-        scale = scaling if scaling is not None else query.shape[-1] ** -0.5
-        if self._use_graph(query, key):
-            self._graphed(query, key, bias, scale)(query, key, bias, out)
-            return
-        q_blocks, k_blocks = to_blocks(query, key)
-        step = rows_per_block(q_blocks, key.shape[2], self.chunk_bytes)
-        row_statistics(q_blocks, k_blocks, bias, out, scale, self.variants, step)
+        run(query, key, bias, slots[self._slot[layer]])
+        self._done.add(layer)
 
-    def _use_graph(self, query: torch.Tensor, key: torch.Tensor) -> bool:
-        """Graphs pay off where launches dominate, i.e. for small layers; their buffers stay until exit."""
+    def _start(self, query: torch.Tensor, key: torch.Tensor, scale: float) -> _Forward:
+        """Allocate this forward's statistics and pick how layers compute them (all layers share shapes)."""
+        self._stats = query.new_empty((len(self.layers), *_row_shape(query, key)), dtype=torch.float32)
+        variants, chunk_bytes = self.variants, self.chunk_bytes
+
+        def eager(q: torch.Tensor, k: torch.Tensor, bias: torch.Tensor, out: torch.Tensor) -> None:
+            layer_rows(q, k, bias, out, scale, variants, chunk_bytes)
+
+        return (query.shape, key.shape), self._stats.unbind(0), self._graphed(query, key, scale) or eager
+
+    def _graphed(self, query: torch.Tensor, key: torch.Tensor, scale: float) -> _GraphedRows | None:
+        """A CUDA graph where launches dominate (small layers in one block of rows); None otherwise."""
         if not (self.cuda_graphs and query.is_cuda) or torch.cuda.is_current_stream_capturing():
-            return False
-        batch, n_heads, n_q, _ = query.shape
-        footprint = 4 * (query.numel() + key.numel() + 3 * batch * n_heads * n_q * key.shape[2])
-        return footprint <= _GRAPH_MAX_BYTES
-
-    def _graphed(self, query: torch.Tensor, key: torch.Tensor, bias: torch.Tensor, scale: float
-                 ) -> _GraphedRows:
-        signature = (tuple(query.shape), tuple(key.shape), tuple(bias.shape), scale, query.device)
+            return None
+        n_keys, variants = key.shape[2], self.variants
+        footprint = 4 * (query.numel() + key.numel() + 3 * query.shape[0] * query.shape[1] * n_keys ** 2)
+        if rows_per_block(query, n_keys, self.chunk_bytes) < n_keys or footprint > _GRAPH_MAX_BYTES:
+            return None
+        signature = (tuple(query.shape), tuple(key.shape), scale, query.device)
         if signature not in self._graphs:
-            q_blocks, k_blocks = to_blocks(query, key)
-            step = rows_per_block(q_blocks, key.shape[2], self.chunk_bytes)
 
-            def run(q: torch.Tensor, k: torch.Tensor, b: torch.Tensor, out: torch.Tensor) -> None:
-                row_statistics(q, k, b, out, scale, self.variants, step)
+            def run(q_blocks: torch.Tensor, k_blocks: torch.Tensor, b: torch.Tensor, o: torch.Tensor) -> None:
+                row_statistics(q_blocks, k_blocks, b, o, scale, variants, n_keys)
 
-            self._graphs[signature] = _GraphedRows(q_blocks, k_blocks, bias, run)
+            self._graphs[signature] = _GraphedRows(query, key, run)
         return self._graphs[signature]
 
     def pop(self) -> EntropyResult:
@@ -360,7 +383,7 @@ class AttentionEntropy:
 
     def _clear(self) -> None:
         self._done.clear()
-        self._stats = self._mask = None
+        self._stats = self._mask = self._forward = None
 
     def install(self) -> None:
         current = self.config._attn_implementation
@@ -392,6 +415,9 @@ def attention_entropy(model: torch.nn.Module, layers: Iterable[int] | None = Non
                       variants: Iterable[str] = VARIANTS, *, chunk_bytes: int = DEFAULT_CHUNK_BYTES,
                       cuda_graphs: bool = True) -> Iterator[AttentionEntropy]:
     """Compute the attention entropies of `layers` (default: all) in each forward run inside the block.
+
+    Call `pop()` after each forward. Open one block around a loop of batches: on CUDA each block captures
+    one graph per input shape (`cuda_graphs=False` computes every layer eagerly instead).
 
     >>> with attention_entropy(model, layers=[0, 5]) as ent:
     ...     model(input_ids=ids, attention_mask=mask)
