@@ -7,13 +7,18 @@ positions it sees alone: batched output equals one-prompt-at-a-time (tests/test_
 An intervention is a factory `intervention(batch) -> context manager`: it is entered around the `generate`
 call of each batch and sees the batch's layout (left padding, which prompts it holds), which is what a
 position-exact patch needs. Whatever the manager yields (a `CallLog`) is kept per batch.
+
+`generate_conditions` runs several conditions (unedited, ablated, patched at several layers) as rows of one
+batched generation: rows do not see each other, so this equals running each condition alone, in fewer
+sequential `generate` calls (on a GPU a decode step costs about the same for 3 rows as for 300).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
@@ -127,6 +132,17 @@ def _decode(lm: LoadedModel, batch: PromptBatch, out: torch.Tensor) -> list[Gene
     return generations
 
 
+def _record(yielded: Any) -> Any:
+    """What an intervention yielded, with every CallLog (also inside a dict or list) as its dict."""
+    if isinstance(yielded, CallLog):
+        return yielded.as_dict()
+    if isinstance(yielded, dict):
+        return {key: _record(value) for key, value in yielded.items()}
+    if isinstance(yielded, list | tuple):
+        return [_record(value) for value in yielded]
+    return yielded
+
+
 def generate(lm: LoadedModel, prompts: Sequence[str], max_new_tokens: int, *,
              intervention: Intervention | None = None, use_cache: bool = True,
              batch_size: int = 32) -> GenerationRun:
@@ -144,8 +160,52 @@ def generate(lm: LoadedModel, prompts: Sequence[str], max_new_tokens: int, *,
         batch = encode_left(lm, prompts[start : start + batch_size], start)
         with intervention(batch) if intervention is not None else nullcontext() as yielded:
             out = _greedy(lm, batch, max_new_tokens, use_cache)
-        calls.append(yielded.as_dict() if isinstance(yielded, CallLog) else yielded)
+        calls.append(_record(yielded))
         generations.extend(_decode(lm, batch, out))
     if not generations:
         raise ValueError(f"no prompts to generate from for {lm.id}; give at least one")
     return GenerationRun(generations, calls)
+
+
+RowEdit = Callable[[PromptBatch, torch.Tensor], AbstractContextManager[Any]]
+"""edit(batch, index): a context manager for one batch; `index` (batch,) is each row's prompt index within the
+condition, -1 for rows of other conditions (which the edit must leave alone)."""
+
+
+@dataclass(frozen=True)
+class Condition:
+    """Prompts generated under one edit (None: unedited)."""
+
+    name: str
+    prompts: Sequence[str]
+    edit: RowEdit | None = None
+
+
+@contextmanager
+def _edits(conditions: Sequence[Condition], owner: torch.Tensor, local: torch.Tensor,
+           batch: PromptBatch) -> Iterator[dict[str, Any]]:
+    """Every condition present in this batch enters its edit, told which rows are its own."""
+    mine = owner[batch.rows]
+    with ExitStack() as stack:
+        logs: dict[str, Any] = {}
+        for i, condition in enumerate(conditions):
+            present = mine == i
+            if condition.edit is not None and bool(present.any()):
+                index = torch.where(present, local[batch.rows], -1)
+                logs[condition.name] = stack.enter_context(condition.edit(batch, index))
+        yield logs
+
+
+def generate_conditions(lm: LoadedModel, conditions: Sequence[Condition], max_new_tokens: int, *,
+                        use_cache: bool = True, batch_size: int = 32) -> dict[str, GenerationRun]:
+    """Greedy generations of every condition as rows of one batched run; each condition's run by name."""
+    names = [c.name for c in conditions]
+    if len(set(names)) != len(names):
+        raise ValueError(f"condition names must be unique, got {names}; name each condition once")
+    owner = torch.tensor([i for i, c in enumerate(conditions) for _ in c.prompts], dtype=torch.long)
+    local = torch.tensor([j for c in conditions for j in range(len(c.prompts))], dtype=torch.long)
+    run = generate(lm, [p for c in conditions for p in c.prompts], max_new_tokens, use_cache=use_cache,
+                   intervention=partial(_edits, conditions, owner, local), batch_size=batch_size)
+    return {c.name: GenerationRun([g for g, o in zip(run.generations, owner.tolist(), strict=True) if o == i],
+                                  [calls[c.name] for calls in run.calls if c.name in calls])
+            for i, c in enumerate(conditions)}

@@ -17,22 +17,32 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from torch import nn
 
-from harness.hooks import Call, CallLog, capture, edit_site
+from harness.hooks import MODES, Call, CallLog, capture, edit_site
 from harness.models import Dims, LoadedModel
 from harness.runner import encode
 
-MODES = ("all_calls", "prefill_only", "decode_only")
+
+def _device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
 
 
 @contextmanager
-def zero_attention_output(model: nn.Module, layer: int) -> Iterator[CallLog]:
+def zero_attention_output(model: nn.Module, layer: int,
+                          rows: torch.Tensor | None = None) -> Iterator[CallLog]:
     """The published L31 ablation: the attention module's output is zeroed before the residual add, at
-    prefill and at every decode step; the layer's MLP still runs."""
-    with edit_site(model, f"blocks.{layer}.attn.out", lambda out, _call: torch.zeros_like(out)) as log:
+    prefill and at every decode step; the layer's MLP still runs. `rows` (batch,) bool limits it to some
+    prompts of the batch (None: all)."""
+    chosen = rows.to(_device(model))[:, None, None] if rows is not None else None  # moved once, here
+
+    def zero(out: torch.Tensor, _call: Call) -> torch.Tensor:  # out: (batch, seq, d_model)
+        return torch.zeros_like(out) if chosen is None else out.masked_fill(chosen, 0.0)
+
+    with edit_site(model, f"blocks.{layer}.attn.out", zero) as log:
         yield log
 
 
@@ -102,8 +112,8 @@ class PatchSource:
     def __len__(self) -> int:
         return int(self.vectors.shape[0])
 
-    def select(self, rows: slice) -> PatchSource:
-        """The sources of some prompts (a shared single source serves them all)."""
+    def select(self, rows: slice | torch.Tensor) -> PatchSource:
+        """The sources of some prompts, by slice or index tensor (a single source serves them all)."""
         return self if len(self) == 1 else PatchSource(self.vectors[rows], self.available[rows])
 
     def norm_matched_random(self, seed: int) -> PatchSource:
@@ -120,13 +130,14 @@ class _Plan:
     """Everything a patch writes, built once at prefill for a (batch, width) left-padded prompt batch."""
 
     where: torch.Tensor  # (batch, width, 1) bool: the prompt positions to overwrite
-    rows: torch.Tensor  # (batch or 1, width, d_model): the source row aligned to each prompt position
+    aligned: torch.Tensor  # (batch or 1, width, d_model): the source row aligned to each prompt position
     last: torch.Tensor  # (batch, 1, d_model): the source's last row, written at every generated position
+    chosen: torch.Tensor  # (batch, 1, 1) bool: the rows this patch writes
     width: int
 
 
 def _plan(source: PatchSource, mask: torch.Tensor, window: int, include_position_0: bool,
-          like: torch.Tensor) -> _Plan:
+          rows: torch.Tensor | None, like: torch.Tensor) -> _Plan:
     batch, width = mask.shape
     if len(source) not in (1, batch):
         raise ValueError(f"{len(source)} patch sources for a batch of {batch} prompts; give one source "
@@ -138,28 +149,34 @@ def _plan(source: PatchSource, mask: torch.Tensor, window: int, include_position
     where = from_end < span
     if not include_position_0:
         where &= from_end != lengths - 1  # the first real token of each (left-padded) row
+    if rows is not None:
+        where &= rows[:, None]
     index = (source.vectors.shape[1] - 1 - from_end[0]).clamp(min=0)  # (width,) source row per position
     vectors = source.vectors.to(device, like.dtype)
     last = vectors[:, -1:].expand(batch, 1, -1).contiguous()
-    return _Plan(where[..., None], vectors[:, index], last, width)
+    chosen = (rows if rows is not None else torch.ones(batch, dtype=torch.bool, device=device))[:, None, None]
+    return _Plan(where[..., None], vectors[:, index], last, chosen, width)
 
 
 @contextmanager
 def patch_residual(model: nn.Module, layer: int, source: torch.Tensor | PatchSource, *,
                    mode: str = "all_calls", window: int = 16, include_position_0: bool = True,
-                   prompt_mask: torch.Tensor | None = None) -> Iterator[CallLog]:
+                   prompt_mask: torch.Tensor | None = None,
+                   rows: torch.Tensor | None = None) -> Iterator[CallLog]:
     """Overwrite decoder layer `layer`'s output with source rows (see the module docstring).
 
     `source` is a (T_src, d_model) layer output or a `PatchSource`; `prompt_mask` is the (batch, width)
     attention mask of a left-padded prompt batch (None: no padding). Modes: `all_calls` (published: prefill
     and every decode step), `prefill_only` (prompt positions only), `decode_only` (generated positions only).
-    With `include_position_0=False` the first real token of each row is never written.
+    With `include_position_0=False` the first real token of each row is never written. `rows` (batch,) bool
+    limits the patch to some prompts of the batch (None: all), so one generate call can patch several layers.
     """
     if mode not in MODES:
         raise ValueError(f"patch mode {mode!r}; allowed: {', '.join(MODES)}")
     if window < 1:
         raise ValueError(f"window={window}; the published window is 16, use a positive size")
     src = source if isinstance(source, PatchSource) else PatchSource.from_rows(source, window)
+    rows = rows.to(_device(model)) if rows is not None else None  # before generate: no copy inside a forward
     prompt, generated = mode != "decode_only", mode != "prefill_only"
     state: dict[str, _Plan] = {}
 
@@ -169,11 +186,11 @@ def patch_residual(model: nn.Module, layer: int, source: torch.Tensor | PatchSou
             if mask.shape != out.shape[:2]:
                 raise ValueError(f"prompt_mask {tuple(mask.shape)} does not match the prefill "
                                  f"{tuple(out.shape[:2])}; pass the mask of the batch being generated")
-            state["plan"] = _plan(src, mask, window, include_position_0, out)
-            return torch.where(state["plan"].where, state["plan"].rows, out) if prompt else None
+            state["plan"] = _plan(src, mask, window, include_position_0, rows, out)
+            return torch.where(state["plan"].where, state["plan"].aligned, out) if prompt else None
         plan = state["plan"]
         if out.shape[1] == 1:  # a cached decode step: the new token is a generated position
-            return plan.last if generated else None
+            return torch.where(plan.chosen, plan.last, out) if generated else None
         return _uncached(out, plan, prompt, generated)
 
     with edit_site(model, f"blocks.{layer}.resid_post", patch) as log:
@@ -182,11 +199,14 @@ def patch_residual(model: nn.Module, layer: int, source: torch.Tensor | PatchSou
 
 def _uncached(out: torch.Tensor, plan: _Plan, prompt: bool, generated: bool) -> torch.Tensor:
     """A call that re-reads prompt + generated tokens (use_cache=False): patch both parts as a cache would."""
+    if out.shape[1] < plan.width or out.shape[0] != plan.chosen.shape[0]:
+        raise ValueError(f"a call of shape {tuple(out.shape[:2])} after a prefill of {plan.chosen.shape[0]} "
+                         f"x {plan.width}: enter patch_residual once per generate call")
     head, tail = out[:, : plan.width], out[:, plan.width :]
     if prompt:
-        head = torch.where(plan.where, plan.rows, head)
+        head = torch.where(plan.where, plan.aligned, head)
     if generated:
-        tail = plan.last.expand(-1, tail.shape[1], -1)
+        tail = torch.where(plan.chosen, plan.last, tail)
     return torch.cat([head, tail], dim=1)
 
 
@@ -218,12 +238,10 @@ def capture_sources(lm: LoadedModel, prompts: Sequence[str], layers: Sequence[in
         enc = encode(lm, prompts[start : start + batch_size])
         last = torch.tensor(enc.lengths, device=lm.device)
         sites = [f"blocks.{layer}.resid_post" for layer in layers]
-        def keep(hidden: torch.Tensor, n: torch.Tensor = last) -> torch.Tensor:
-            return _last_rows(hidden, n, window)
-
-        with torch.no_grad(), capture(lm.model, sites, keep) as acts:
+        reduce = partial(_last_rows, lengths=last, window=window)
+        with torch.no_grad(), capture(lm.model, sites, reduce) as acts:
             out = lm.model(input_ids=enc.input_ids, attention_mask=enc.attention_mask, use_cache=False)
-        logits = out.logits
+        logits = out.logits  # (batch, seq, vocab)
         tokens.append(logits[torch.arange(len(last), device=lm.device), last - 1].argmax(-1))
         for layer, site in zip(layers, sites, strict=True):
             kept[layer].extend(acts[site])

@@ -192,8 +192,9 @@ def build_tiny(spec: ModelSpec, directory: Path, seed: int = 0) -> Path:
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     (directory / "harness_provenance.json").write_text(
+        # an instruct twin shares its base's config but not its weights: its revision must differ
         json.dumps({"tiny_seed": seed, "tokenizer_corpus": corpus_digest(lines), "config": _digest(config.to_dict()),
-                    "perturbed_from": spec.base}),  # an instruct twin shares its base's config, not its weights
+                    "perturbed_from": spec.base}),
         encoding="utf-8",
     )
     return directory
@@ -299,6 +300,12 @@ def load(
     return LoadedModel(spec, model, _prepared(tokenizer), "tiny" if spec.tiny else "pretrained", resolved, source)
 
 
+def model_seed(spec: ModelSpec, seed: int) -> int:
+    """The seed of one model's random weights: the run's seed offset by a stable hash of the model id, so a
+    base and its instruct twin of the same architecture do not get identical weights."""
+    return seed + int(hashlib.sha256(spec.id.encode()).hexdigest()[:6], 16)
+
+
 def _load_random(spec: ModelSpec, devices: Sequence[str], seed: int) -> LoadedModel:
     """The published architecture at full size with seeded random weights and the offline tokenizer.
 
@@ -307,6 +314,7 @@ def _load_random(spec: ModelSpec, devices: Sequence[str], seed: int) -> LoadedMo
     """
     lines = corpus_lines()
     config = _config_from(spec)
+    seed = model_seed(spec, seed)
     if len(devices) == 1:
         model = _from_config(config, spec.torch_dtype, devices[0], seed)
     else:

@@ -54,9 +54,8 @@ class Window:
         offsets = torch.arange(self.size)
         starts = torch.tensor([start for start, _ in bounds])[:, None]
         counts = torch.tensor([stop - start for start, stop in bounds])[:, None]
-        # an empty window (exclude_bos on a 1-token prompt) starts past the end: clamp, its rows are masked anyway
-        index = (starts + offsets.clamp(max=counts - 1).clamp(min=0)).clamp(max=hidden.shape[1] - 1)  # (batch, size)
-        index = index.to(hidden.device)
+        index = (starts + offsets.clamp(max=counts - 1).clamp(min=0)).to(hidden.device)  # (batch, size)
+        index = index.clamp(max=hidden.shape[1] - 1)  # an empty window starts past the end; rows masked below
         valid = (offsets < counts).to(hidden.device, hidden.dtype).unsqueeze(-1)  # (batch, size, 1)
         rows = hidden.gather(1, index.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
         return rows * valid
