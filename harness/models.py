@@ -314,14 +314,14 @@ def _load_random(spec: ModelSpec, devices: Sequence[str], seed: int) -> LoadedMo
     """
     lines = corpus_lines()
     config = _config_from(spec)
-    seed = model_seed(spec, seed)
+    weight_seed = model_seed(spec, seed)
     if len(devices) == 1:
-        model = _from_config(config, spec.torch_dtype, devices[0], seed)
+        model = _from_config(config, spec.torch_dtype, devices[0], weight_seed)
     else:
-        model = place(_from_config(config, spec.torch_dtype, "cpu", seed), devices)
+        model = place(_from_config(config, spec.torch_dtype, "cpu", weight_seed), devices)
     tokenizer = build_offline_tokenizer(lines)
     resolved = f"random:seed{seed}:{_digest(architecture(spec))}"
-    provenance = {"tokenizer": f"harness-offline-bpe:{corpus_digest(lines)}", "random_seed": seed,
+    provenance = {"tokenizer": f"harness-offline-bpe:{corpus_digest(lines)}", "random_seed": seed, "weight_seed": weight_seed,
                   "devices": list(devices)}
     return LoadedModel(spec, model, _prepared(tokenizer), "random", resolved, f"fixtures/models/{spec.config}",
                        provenance)
