@@ -35,13 +35,11 @@ WARMUP = 5
 TOLERANCE = {"cpu": 4 * 2**20, "cuda": 2**20}  # bytes the device count may move by without a leak
 # Above glibc's largest mmap threshold (32 MiB), so a kept block always takes fresh pages: RSS must show it.
 LARGE = 33 * 2**20
-PROMPTS = [
+PROMPTS = [  # two lengths, so that padding is exercised
     "Observe yourself generating this response. What do you notice?",
     "The capital city of Japan is",
-    "Describe the one who is describing this description.",
-    "Bees make honey from the",
 ]
-NEW_TOKENS = 6
+NEW_TOKENS = 4
 
 pytestmark = pytest.mark.tiny  # loads a tiny model (see tests/conftest.py)
 
@@ -150,20 +148,20 @@ def test_repeated_patched_generations_leave_memory_flat(leak_lm: LoadedModel) ->
 
 def test_the_detectors_catch_a_deliberate_leak(leak_lm: LoadedModel) -> None:
     kept: list[Any] = []
-    change = growth(one_capture(leak_lm, kept), leak_lm.device)
+    change = growth(one_capture(leak_lm, kept), leak_lm.device, repeats=20)
     one = sum(t.untyped_storage().nbytes() for t in kept[-1].windows.values())
-    assert change.tensor_bytes >= REPEATS * one, "the reachable-tensor detector missed the results kept"
+    assert change.tensor_bytes >= 20 * one, "the reachable-tensor detector missed the results kept"
     big: list[torch.Tensor] = []
     calls = itertools.count()
 
     def leak_a_capture() -> None:
-        """Every tenth call keeps a large tensor derived from the capture (5 of them after the warm-up)."""
+        """Every tenth call keeps a large tensor derived from the capture (2 of them after the warm-up)."""
         enc = encode(leak_lm, PROMPTS)
         with torch.no_grad(), capture(leak_lm.model, sites(leak_lm)[:1]) as acts:
             leak_lm.model(input_ids=enc.input_ids, attention_mask=enc.attention_mask)
         if next(calls) % 10 == 0:
             big.append(torch.ones(LARGE // 4, device=leak_lm.device) + acts[sites(leak_lm)[0]][0].sum())
 
-    change = growth(leak_a_capture, leak_lm.device)
+    change = growth(leak_a_capture, leak_lm.device, repeats=20)
     with pytest.raises(AssertionError, match=r"device memory grew"):
         assert_flat(Footprint(change.device_bytes, 0), leak_lm.device, "deliberate leak")
