@@ -83,6 +83,15 @@ def non_diagnostic(criterion: Criterion, null_observed: Mapping[str, float],
                   "cannot separate the published condition from this null",)
 
 
+def published_nulls(ctx: GenContext, metric: str, nulls: Mapping[str, float]) -> dict[str, Any]:
+    """`non_diagnostic` and `notes` for `result`: does the claim's published criterion also hold when its
+    `metric` takes a null value? `nulls` maps where each null value was measured to the value."""
+    published = ctx.claim.criteria["as_published"]
+    found = [non_diagnostic(published, {metric: value}, where) for where, value in nulls.items()]
+    return {"non_diagnostic": any(flag for flag, _ in found),
+            "notes": tuple(note for _, notes in found for note in notes)}
+
+
 def inconclusive(ctx: GenContext, protocol: str, n: Mapping[str, int], why: str) -> dict[str, Any]:
     """A result that could not be evaluated (too few prompts), with the reason as its note."""
     criterion = control_criterion(ctx, protocol.removeprefix("control:"))

@@ -21,8 +21,8 @@ from harness.generation_claims import (
     inconclusive,
     mean_of,
     merged_calls,
-    non_diagnostic,
     paired,
+    published_nulls,
     result,
 )
 from harness.interventions import zero_attention_output
@@ -75,10 +75,7 @@ def _rates(ctx: GenContext, normal: GenerationRun, ablated: GenerationRun, layer
 
 
 def _null(ctx: GenContext, detection_rate: float, where: str) -> dict[str, Any]:
-    """non_diagnostic and notes for a result whose null run gave `detection_rate`."""
-    published = ctx.claim.criteria["as_published"]
-    flag, notes = non_diagnostic(published, {"detection_rate": detection_rate}, where)
-    return {"non_diagnostic": flag, "notes": notes}
+    return published_nulls(ctx, "detection_rate", {where: detection_rate})
 
 
 def as_published(ctx: GenContext) -> dict[str, Any]:

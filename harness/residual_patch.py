@@ -25,8 +25,8 @@ from harness.generation_claims import (
     inconclusive,
     mean_of,
     merged_calls,
-    non_diagnostic,
     paired,
+    published_nulls,
     result,
 )
 from harness.hooks import CallLog
@@ -162,15 +162,7 @@ def _random(run: SourceRun, seed: int) -> dict[int, PatchSource]:
 
 
 def _null(ctx: GenContext, collapse_rate: float, where: str) -> dict[str, Any]:
-    return _nulls(ctx, {where: collapse_rate})
-
-
-def _nulls(ctx: GenContext, rates: dict[str, float]) -> dict[str, Any]:
-    """non_diagnostic and notes: does the published criterion hold on any of these null collapse rates?"""
-    published = ctx.claim.criteria["as_published"]
-    found = [non_diagnostic(published, {"collapse_rate": value}, where) for where, value in rates.items()]
-    notes = tuple(note for _, held in found for note in held)
-    return {"non_diagnostic": any(flag for flag, _ in found), "notes": notes}
+    return published_nulls(ctx, "collapse_rate", {where: collapse_rate})
 
 
 def _published_pairs(ctx: GenContext, categories: Sequence[str],
@@ -200,8 +192,9 @@ def as_published(ctx: GenContext) -> dict[str, Any]:
     return result(ctx, "as_published", ctx.claim.criteria["as_published"], observed,
                   n={"sources": len(prompts), "targets": len(normal), "layers": len(layers(ctx))},
                   data={"pairs": rows, "source_next_token": run.next_token, "hook_calls": calls},
-                  **_nulls(ctx, {"with a norm-matched random source": observed["collapse_rate_random_vector"],
-                                 "on the unpatched targets": observed["collapse_rate_unpatched"]}))
+                  **published_nulls(ctx, "collapse_rate", {
+                      "with a norm-matched random source": observed["collapse_rate_random_vector"],
+                      "on the unpatched targets": observed["collapse_rate_unpatched"]}))
 
 
 def non_recursive_source(ctx: GenContext) -> dict[str, Any]:
