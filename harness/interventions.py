@@ -25,10 +25,12 @@ from torch import nn
 from harness.hooks import MODES, Call, CallLog, capture, edit_site
 from harness.models import Dims, LoadedModel
 from harness.runner import encode
+from harness.sites import decoder_layers
 
 
-def _device(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
+def _device(model: nn.Module, layer: int) -> torch.device:
+    """Where decoder layer `layer` runs (layers of a sharded model sit on different GPUs)."""
+    return next(decoder_layers(model)[layer].parameters()).device
 
 
 @contextmanager
@@ -37,7 +39,7 @@ def zero_attention_output(model: nn.Module, layer: int,
     """The published L31 ablation: the attention module's output is zeroed before the residual add, at
     prefill and at every decode step; the layer's MLP still runs. `rows` (batch,) bool limits it to some
     prompts of the batch (None: all)."""
-    chosen = rows.to(_device(model))[:, None, None] if rows is not None else None  # moved once, here
+    chosen = rows.to(_device(model, layer))[:, None, None] if rows is not None else None  # moved once, here
 
     def zero(out: torch.Tensor, _call: Call) -> torch.Tensor:  # out: (batch, seq, d_model)
         return torch.zeros_like(out) if chosen is None else out.masked_fill(chosen, 0.0)
@@ -176,7 +178,7 @@ def patch_residual(model: nn.Module, layer: int, source: torch.Tensor | PatchSou
     if window < 1:
         raise ValueError(f"window={window}; the published window is 16, use a positive size")
     src = source if isinstance(source, PatchSource) else PatchSource.from_rows(source, window)
-    rows = rows.to(_device(model)) if rows is not None else None  # before generate: no copy inside a forward
+    rows = rows.to(_device(model, layer)) if rows is not None else None  # before generate, not inside a forward
     prompt, generated = mode != "decode_only", mode != "prefill_only"
     state: dict[str, _Plan] = {}
 
@@ -222,7 +224,7 @@ class SourceRun:
 def _last_rows(hidden: torch.Tensor, lengths: torch.Tensor, window: int) -> torch.Tensor:
     """(batch, seq, d) right padded -> (batch, window, d): each row's last `window` rows, right-aligned."""
     offsets = torch.arange(window, device=hidden.device)[None] - window  # (1, window): -window .. -1
-    index = lengths[:, None] + offsets  # (batch, window)
+    index = lengths.to(hidden.device)[:, None] + offsets  # (batch, window); lengths may sit on another GPU
     valid = (index >= 0).to(hidden.dtype)[..., None]
     rows = hidden.gather(1, index.clamp(min=0)[..., None].expand(-1, -1, hidden.shape[-1]))
     return rows * valid
@@ -242,7 +244,8 @@ def capture_sources(lm: LoadedModel, prompts: Sequence[str], layers: Sequence[in
         with torch.no_grad(), capture(lm.model, sites, reduce) as acts:
             out = lm.model(input_ids=enc.input_ids, attention_mask=enc.attention_mask, use_cache=False)
         logits = out.logits  # (batch, seq, vocab)
-        tokens.append(logits[torch.arange(len(last), device=lm.device), last - 1].argmax(-1))
+        picks = (last - 1).to(logits.device)
+        tokens.append(logits[torch.arange(len(last), device=logits.device), picks].argmax(-1))
         for layer, site in zip(layers, sites, strict=True):
             kept[layer].extend(acts[site])
         lengths.extend(enc.lengths)

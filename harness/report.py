@@ -30,11 +30,16 @@ PACKAGES = ("torch", "transformers", "numpy", "scipy", "pytest", "tokenizers", "
 
 
 def git_state(root: Path) -> dict[str, Any]:
-    def run(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=False).stdout.strip()
+    """The checkout's commit and dirty flag; HARNESS_GIT_COMMIT names the commit of a copied tree with no .git."""
+    def run(*args: str) -> str | None:
+        done = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=False)
+        return done.stdout.strip() if done.returncode == 0 else None
 
     commit = run("rev-parse", "HEAD")
-    return {"commit": commit or None, "dirty": bool(run("status", "--porcelain")) if commit else None}
+    if commit is None:
+        given = os.environ.get("HARNESS_GIT_COMMIT")
+        return {"commit": given, "dirty": None, "source": "HARNESS_GIT_COMMIT" if given else "no git checkout"}
+    return {"commit": commit, "dirty": bool(run("status", "--porcelain"))}
 
 
 def package_versions() -> dict[str, str | None]:

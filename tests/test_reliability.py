@@ -218,3 +218,26 @@ def test_same_seed_same_report_and_seed_is_recorded(pytester):
     assert _stable(docs[0])["results"] == _stable(docs[1])["results"]
     assert docs[0]["run"]["seed"] == 0 and docs[2]["run"]["seed"] == 5
     assert _stable(docs[0])["results"] != _stable(docs[2])["results"]
+
+
+@pytest.mark.slow
+def test_xdist_workers_give_the_serial_report(pytester):
+    """Two xdist workers grouped by model: the controller's report holds the same results as a serial run."""
+    pytester.makepyfile(test_rv="import pytest\n"
+                        "from claims.test_rv_contraction import test_rv_contraction  # noqa: F401\n"
+                        "pytestmark = pytest.mark.claim('rv_contraction')\n")
+    root = str(Path(__file__).resolve().parents[1])
+    docs = []
+    for name, extra in (("serial", []), ("xdist", ["-n", "2", "--dist", "loadgroup"])):
+        out = pytester.path / f"{name}.json"
+        result = pytester.runpytest_subprocess(
+            *PLUGIN_ARGS, *extra, "--models", "tiny-llama-instruct,tiny-qwen2-instruct", "-k", "as_published",
+            f"--claims-json={out}", "-p", "no:cacheprovider", f"--rootdir={root}", "-o", f"pythonpath={root}")
+        assert result.ret == 0, result.outlines[-20:]
+        docs.append(json.loads(out.read_text()))
+
+    def keyed(doc):
+        return {(r["model"], r["protocol"]): _stable(r) for r in doc["results"]}
+
+    assert keyed(docs[0]) == keyed(docs[1])
+    assert docs[1]["run"]["status"] == "complete"
