@@ -21,7 +21,7 @@ from harness.claims import Claim, ClaimError, get_claim, load_claims
 from harness.htmlreport import page_path, write_page
 from harness.models import ModelSpec, ModelUnavailable, load, load_registry
 from harness.prompts import PromptBank, bank_for
-from harness.report import RESULT_KEY, Report, summary_rows
+from harness.report import RESULT_KEY, Report, peak_memory, summary_rows
 
 ITEM_KEY = "claim_harness.item"
 report_key = pytest.StashKey[Report]()
@@ -180,6 +180,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     metafunc.parametrize("model_id", params, scope="session", indirect=True)
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the xdist_group marks (--dist loadgroup)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         marker = item.get_closest_marker("claim")
@@ -273,6 +274,7 @@ def prompt_bank(claim: Claim, harness_options: Options) -> PromptBank:
 def record_claim(request: pytest.FixtureRequest, record_property: Any) -> Any:
     """record_claim(result_dict): hand one protocol result to the report and its scalars to junit."""
     def record(result: dict[str, Any]) -> None:
+        result = {**result, "worker": os.environ.get("PYTEST_XDIST_WORKER", "main"), "resources": peak_memory()}
         for key, value in result.get("observed", {}).items():
             if isinstance(value, int | float | str | bool):
                 record_property(f"{result['protocol']}.{key}", value)

@@ -157,8 +157,10 @@ class Report:
         atomic_write(self.path, json.dumps(self.document(), indent=2, sort_keys=False, allow_nan=False) + "\n")
 
     def finish(self, status: str) -> None:
+        peaks = [peak_memory()] + [r["resources"] for r in self.results if r.get("resources")]
         self._run.update(finished=time.time(), status=status, wall_s=time.time() - self.started,
-                         peak_memory=peak_memory())
+                         peak_memory={key: max((p.get(key) or 0 for p in peaks), default=0) or None
+                                      for key in ("gpu_bytes", "rss_bytes")})
         self.write()
 
 

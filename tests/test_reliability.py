@@ -189,7 +189,7 @@ def test_missing_weights_skip_with_the_fix(pytester, extra):
     assert verdict["verdict"] == "skipped"
 
 
-VOLATILE = {"duration_s", "started", "finished", "wall_s", "peak_memory", "argv"}
+VOLATILE = {"duration_s", "started", "finished", "wall_s", "peak_memory", "resources", "argv"}
 
 
 def _stable(doc):
@@ -239,5 +239,12 @@ def test_xdist_workers_give_the_serial_report(pytester):
     def keyed(doc):
         return {(r["model"], r["protocol"]): _stable(r) for r in doc["results"]}
 
-    assert keyed(docs[0]) == keyed(docs[1])
+    volatile = ("worker", "nodeid")  # xdist appends "@<group>" to node ids
+    assert ({k: {f: v for f, v in r.items() if f not in volatile} for k, r in keyed(docs[0]).items()}
+            == {k: {f: v for f, v in r.items() if f not in volatile} for k, r in keyed(docs[1]).items()})
     assert docs[1]["run"]["status"] == "complete"
+    workers = {}
+    for res in docs[1]["results"]:
+        workers.setdefault(res["model"], set()).add(res["worker"])
+    assert all(len(w) == 1 for w in workers.values()), f"a model's tests ran on several workers: {workers}"
+    assert {w for ws in workers.values() for w in ws} == {"gw0", "gw1"}
