@@ -60,7 +60,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     "(default: beside the JSON report, as claims.html; 'none' writes no page)")
     group.addoption("--claim-seed", type=int, default=0, help="base seed of every random draw")
     group.addoption("--allow-download", action="store_true", help="let from_pretrained reach the hub")
-    group.addoption("--claim-batch-size", type=int, default=32, help="prompts per forward batch")
+    group.addoption("--claim-batch-size", type=int, default=128, help="prompts per forward batch (halved on OOM)")
     group.addoption("--claims-dir", default=None, help="directory of claim TOML files (default: the harness's "
                     "fixtures/claims)")
     group.addoption("--gpus-per-model", type=int, default=1, help="shard each model across N GPUs; under "
