@@ -33,7 +33,10 @@ def encode(lm: LoadedModel, prompts: Sequence[str]) -> Encoded:
 
 
 def token_counts(lm: LoadedModel, prompts: Sequence[str]) -> list[int]:
-    return [len(lm.tokenizer(p, add_special_tokens=lm.spec.bos)["input_ids"]) for p in prompts]
+    """Each prompt's token count as `encode` would give it (one batched tokenizer call)."""
+    if not prompts:
+        return []
+    return [len(ids) for ids in lm.tokenizer(list(prompts), add_special_tokens=lm.spec.bos)["input_ids"]]
 
 
 @dataclass(frozen=True)
