@@ -6,15 +6,11 @@ they assert the criterion in fixtures/claims/rv_contraction.toml.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from harness.results import check
 from harness.rv import Context, rederive
 from harness.rv_controls import PROTOCOLS
-
-PUBLISHED = Path(__file__).resolve().parents[2] / "shared" / "published"
 
 pytestmark = pytest.mark.claim("rv_contraction")
 
@@ -27,10 +23,7 @@ def test_rv_contraction(protocol, lm, claim, prompt_bank, harness_options, recor
     check(result)
 
 
-def test_rederive(claim, record_claim):
-    if not (PUBLISHED / claim.published["data_file"]).exists():
-        pytest.skip(f"published data not found at {PUBLISHED}; the replay needs ../shared/published beside "
-                    "the checkout")
-    result = rederive(claim, PUBLISHED)
+def test_rederive(claim, published_data, record_claim):
+    result = rederive(claim, published_data)
     record_claim(result)
     check(result)

@@ -120,7 +120,8 @@ def load_registry(path: Path = MODELS_DIR / "registry.toml") -> dict[str, ModelS
     for model_id, entry in raw.items():
         unknown = set(entry) - _SPEC_KEYS
         if unknown:
-            raise ValueError(f"{path}: model {model_id!r} has unknown keys {sorted(unknown)}; allowed: {sorted(_SPEC_KEYS)}")
+            raise ValueError(f"{path}: model {model_id!r} has unknown keys {sorted(unknown)}; "
+                             f"allowed: {sorted(_SPEC_KEYS)}")
         if entry.get("family") not in FAMILIES:
             raise ValueError(f"{path}: model {model_id!r} family={entry.get('family')!r}; allowed: {FAMILIES}")
         if entry.get("dtype") not in DTYPES:
@@ -221,7 +222,8 @@ def _gpu_budget(devices: Sequence[str]) -> dict[int, int]:
 def place(model: PreTrainedModel, devices: Sequence[str]) -> PreTrainedModel:
     """Put a model on one device, or shard it layer-wise across several GPUs with accelerate."""
     if len(devices) == 1:
-        return model.to(devices[0])
+        moved: PreTrainedModel = model.to(devices[0])  # type: ignore[arg-type]
+        return moved
     from accelerate import dispatch_model, infer_auto_device_map
     from accelerate.utils import get_balanced_memory
 
@@ -321,8 +323,8 @@ def _load_random(spec: ModelSpec, devices: Sequence[str], seed: int) -> LoadedMo
         model = place(_from_config(config, spec.torch_dtype, "cpu", weight_seed), devices)
     tokenizer = build_offline_tokenizer(lines)
     resolved = f"random:seed{seed}:{_digest(architecture(spec))}"
-    provenance = {"tokenizer": f"harness-offline-bpe:{corpus_digest(lines)}", "random_seed": seed, "weight_seed": weight_seed,
-                  "devices": list(devices)}
+    provenance = {"tokenizer": f"harness-offline-bpe:{corpus_digest(lines)}", "random_seed": seed,
+                  "weight_seed": weight_seed, "devices": list(devices)}
     return LoadedModel(spec, model, _prepared(tokenizer), "random", resolved, f"fixtures/models/{spec.config}",
                        provenance)
 

@@ -63,6 +63,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--claim-batch-size", type=int, default=128, help="prompts per forward batch (halved on OOM)")
     group.addoption("--claims-dir", default=None, help="directory of claim TOML files (default: the harness's "
                     "fixtures/claims)")
+    group.addoption("--published-dir", default=None, help="the sources' data tables for replay tests (default: "
+                    "../shared/published beside the checkout)")
     group.addoption("--gpus-per-model", type=int, default=1, help="shard each model across N GPUs; under "
                     "pytest-xdist worker k gets GPUs k*N .. k*N+N-1")
 
@@ -159,10 +161,8 @@ def applicable_models(claim: Claim, opts: Options) -> list[str]:
     chosen = []
     for model_id in opts.models:
         spec = opts.registry[model_id]
-        if model_id in claim.models:
-            chosen.append(model_id)
-        elif spec.tiny and (model_id in claim.tiny_models if claim.tiny_models is not None
-                            else spec.variant in variants):
+        if model_id in claim.models or (spec.tiny and (model_id in claim.tiny_models if claim.tiny_models is not None
+                            else spec.variant in variants)):
             chosen.append(model_id)
     return chosen
 
@@ -265,6 +265,25 @@ def claim(request: pytest.FixtureRequest, harness_options: Options) -> Claim:
     return get_claim(marker.args[0], harness_options.claims)
 
 
+@pytest.fixture(scope="session")
+def published_dir(request: pytest.FixtureRequest) -> Path:
+    """Where the sources' published data tables are; tests that replay them skip when it is absent."""
+    given = request.config.getoption("--published-dir")
+    return Path(given) if given else request.config.rootpath.parent / "shared" / "published"
+
+
+@pytest.fixture
+def published_data(claim: Claim, published_dir: Path) -> Path:
+    """The claim's published data folder, or a skip that says what is missing and how to provide it."""
+    name = claim.published.get("data_file")
+    if name is None:
+        pytest.skip(f"{claim.id} names no published table ([published].data_file)")
+    if not (published_dir / name).exists():
+        pytest.skip(f"published table {name} not found in {published_dir}; put ../shared/published beside the "
+                    "checkout or pass --published-dir")
+    return published_dir
+
+
 @pytest.fixture
 def prompt_bank(claim: Claim, harness_options: Options) -> PromptBank:
     return bank_for(claim.prompt_bank, harness_options.prompt_banks, claim.id)
@@ -306,8 +325,9 @@ class ReportCollector:
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        results = [v for k, v in report.user_properties if k == RESULT_KEY]
-        ident = next((v for k, v in report.user_properties if k == ITEM_KEY), None)
+        results: list[dict[str, Any]] = [v for k, v in report.user_properties if k == RESULT_KEY]  # type: ignore[misc]
+        ident: dict[str, str] | None = next(  # type: ignore[assignment]
+            (v for k, v in report.user_properties if k == ITEM_KEY), None)
         report.user_properties = [(k, v) for k, v in report.user_properties if k not in (RESULT_KEY, ITEM_KEY)]
         if report.when == "call":
             for res in results:

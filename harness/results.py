@@ -14,7 +14,8 @@ KINDS = ("as_published", "control", "rederive")
 
 
 def protocol_result(claim: Claim, protocol: str, kind: str, criterion: Criterion, observed: Mapping[str, Any], *,
-                    lm: LoadedModel | None = None, banks: tuple[PromptBank, ...] = (), n: Mapping[str, int] | None = None,
+                    lm: LoadedModel | None = None, banks: tuple[PromptBank, ...] = (),
+                    n: Mapping[str, int] | None = None,
                     exclusions: Mapping[str, int] | None = None, tests: Mapping[str, Any] | None = None,
                     published: Mapping[str, Any] | None = None, notes: tuple[str, ...] = (),
                     non_diagnostic: bool = False, data: Mapping[str, Any] | None = None) -> dict[str, Any]:

@@ -7,6 +7,7 @@ never lets a real token see a pad, so batched results equal one-prompt-at-a-time
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import suppress
 from dataclasses import dataclass
 
 import torch
@@ -109,12 +110,10 @@ def forward_capture(lm: LoadedModel, prompts: Sequence[str], sites: Sequence[str
 def _capture_batch(lm: LoadedModel, chunk: Sequence[str], sites: Sequence[str], window: Window,
                    last_layer: int) -> tuple[dict[str, list[torch.Tensor]], list[int]]:
     enc = encode(lm, chunk)
-    with torch.no_grad(), capture(lm.model, sites, lambda t: window.gather(t, enc.lengths),
-                                  model_name=lm.id) as acts, stop_after(lm.model, last_layer, lm.id):
-        try:
-            lm.model.base_model(input_ids=enc.input_ids, attention_mask=enc.attention_mask, use_cache=False)
-        except StopForward:
-            pass
+    keep = capture(lm.model, sites, lambda t: window.gather(t, enc.lengths), model_name=lm.id)
+    # the early stop after the deepest site is the normal end of this forward
+    with torch.no_grad(), keep as acts, stop_after(lm.model, last_layer, lm.id), suppress(StopForward):
+        lm.model.base_model(input_ids=enc.input_ids, attention_mask=enc.attention_mask, use_cache=False)
     return acts, enc.lengths
 
 

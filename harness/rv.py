@@ -7,7 +7,6 @@ returns a protocol result (harness.results); the test module only chooses which 
 from __future__ import annotations
 
 import json
-import math
 from collections import Counter
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
