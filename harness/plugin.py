@@ -175,12 +175,14 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         raise pytest.UsageError(f"{metafunc.definition.nodeid} takes model_id but has no @pytest.mark.claim(id)")
     opts = metafunc.config.stash[options_key]
     claim = get_claim(marker.args[0], opts.claims)
-    params = [pytest.param(m, marks=() if opts.registry[m].tiny else (pytest.mark.gpu,), id=m)
+    # xdist_group (for --dist loadgroup): every test of one model runs on one worker, which loads it once. Set
+    # on the parameter, so the mark exists before any plugin's collection hook reads it.
+    params = [pytest.param(m, marks=(pytest.mark.xdist_group(m),) if opts.registry[m].tiny else
+                           (pytest.mark.gpu, pytest.mark.xdist_group(m)), id=m)
               for m in applicable_models(claim, opts)]
     metafunc.parametrize("model_id", params, scope="session", indirect=True)
 
 
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the xdist_group marks (--dist loadgroup)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         marker = item.get_closest_marker("claim")
@@ -190,8 +192,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         protocol = params.get("protocol") or item.originalname.removeprefix("test_")  # type: ignore[attr-defined]
         raw = params.get("model_id", "published-data")
         model = raw if isinstance(raw, str) else "no-model-selected"  # pytest's NOTSET for an empty selection
-        # pytest-xdist --dist loadgroup: every test of one model runs on one worker, which loads it once
-        item.add_marker(pytest.mark.xdist_group(model))
         item.user_properties.append((ITEM_KEY, {"claim": marker.args[0], "protocol": str(protocol), "model": model}))
 
 

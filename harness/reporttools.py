@@ -45,7 +45,9 @@ def read_json(path: Path) -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as err:
-        hint = "the file looks truncated" if err.pos >= len(text.rstrip()) else "the file is not valid JSON"
+        # at the end of the text, or inside a string that never closes before it: the file was cut short
+        at_end = err.pos >= len(text.rstrip()) or err.msg.startswith("Unterminated string")
+        hint = "the file looks truncated" if at_end else "the file is not valid JSON"
         raise ReportError(f"{path}: {hint}: {err.msg} at line {err.lineno} column {err.colno}; re-run the "
                           "suite or restore the complete report") from None
 

@@ -75,7 +75,8 @@ def test_the_real_registry_loads_and_ids_match_file_names() -> None:
 
 def test_rv_contraction_entry_holds_the_protocol_and_controls() -> None:
     claim = get_claim("rv_contraction")
-    assert claim.models == ("mistral-7b-instruct-v0.2",) and claim.published_n_layers == 32
+    assert claim.models[0] == "mistral-7b-instruct-v0.2" and claim.published_n_layers == 32
+    assert claim.tiny_models is not None and all(m.endswith("-instruct") for m in claim.tiny_models)
     assert (claim.protocol["early_layer"], claim.protocol["late_layer"], claim.protocol["window"]) == (
         5,
         27,
