@@ -177,7 +177,7 @@ def summary_rows(verdicts: list[dict[str, Any]]) -> list[str]:
         notes = []
         if v["non_diagnostic"]:
             notes.append("published criterion non-diagnostic")
-        if not v["diagnostic_weights"]:
+        if not v["diagnostic_weights"] and v["verdict"] not in ("skipped", "error"):
             notes.append("weights " + "/".join(v["weights"]) + ": not evidence about the published model")
         lines.append(f"{v['claim']:<{width}}  {v['model']:<{mwidth}}  {v['verdict']:<15} "
                      f"{passed}/{len(ctl):<13} {'; '.join(notes)}")
