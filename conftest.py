@@ -6,8 +6,6 @@ module twice is an error, so this file only adds it when running from a checkout
 
 from __future__ import annotations
 
-from importlib.metadata import entry_points
+from harness.plugin import registered_by_entry_point
 
-PLUGIN_INSTALLED = any(ep.value == "harness.plugin" for ep in entry_points(group="pytest11"))
-
-pytest_plugins = ["pytester"] if PLUGIN_INSTALLED else ["pytester", "harness.plugin"]
+pytest_plugins = ["pytester"] if registered_by_entry_point() else ["pytester", "harness.plugin"]

@@ -69,6 +69,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     "pytest-xdist worker k gets GPUs k*N .. k*N+N-1")
 
 
+def registered_by_entry_point() -> bool:
+    """Whether an installed package registers this plugin (pytest11); then it must not be registered again."""
+    from importlib.metadata import entry_points
+
+    return any(ep.value == "harness.plugin" for ep in entry_points(group="pytest11"))
+
+
 def _pairs(values: list[str], option: str) -> dict[str, Path]:
     pairs: dict[str, Path] = {}
     for value in values:

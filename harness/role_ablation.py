@@ -31,6 +31,7 @@ from harness.results import protocol_result
 from harness.rfc import category_entropy, layer_metric
 from harness.role import CategoryRun, entropies, measure
 from harness.sites import map_layer
+from harness.stats import nan_mean
 
 
 @dataclass(frozen=True)
@@ -139,17 +140,13 @@ def summary(effects: Sequence[Effect], min_effect: float) -> dict[str, Any]:
     observed: dict[str, Any] = {
         "n_conditions": len(effects), "n_conditions_measured": len(measured),
         "ablated_layer_max_abs_change": max(e.ablated_layer_change for e in effects),
-        "hook_effective_fraction": _mean(effective)}
+        "hook_effective_fraction": nan_mean(effective)}
     for factor in sorted({e.factor for e in effects}, reverse=True):
         rows = [e for e in measured if e.factor == factor]
-        observed[f"mean_abs_delta_rfc_x{factor:g}"] = _mean([float(np.abs(e.delta_rfc).mean()) for e in rows])
-        observed[f"mean_abs_delta_entropy_x{factor:g}"] = _mean([float(np.abs(e.delta_entropy).mean())
+        observed[f"mean_abs_delta_rfc_x{factor:g}"] = nan_mean([float(np.abs(e.delta_rfc).mean()) for e in rows])
+        observed[f"mean_abs_delta_entropy_x{factor:g}"] = nan_mean([float(np.abs(e.delta_entropy).mean())
                                                                  for e in rows])
     return observed
-
-
-def _mean(values: Sequence[float]) -> float:
-    return float(np.mean(values)) if values else float("nan")
 
 
 def delta_profile(effects: Sequence[Effect], n_layers: int, factor: float) -> dict[str, Any]:

@@ -149,14 +149,17 @@ def as_published(ctx: Context, criterion_name: str = "as_coded") -> dict[str, An
     rec = ctx.run(ctx.bank.category(p["recursive_category"]), ctx.window())
     base = ctx.run(ctx.bank.category(p["baseline_category"]), ctx.window())
     protocol = "as_published" if criterion_name == "as_coded" else f"as_published_{criterion_name}"
-    pr = {"pr_early_mean_recursive": _mean(rec.pr_early), "pr_late_mean_recursive": _mean(rec.pr_late),
-          "pr_early_mean_baseline": _mean(base.pr_early), "pr_late_mean_baseline": _mean(base.pr_late),
-          "window_equals_prompt_fraction": _mean([float(t <= p["window"]) for t in rec.tokens + base.tokens])}
+    pr = {**pr_means(rec, base),
+          "window_equals_prompt_fraction": stats.nan_mean([float(t <= p["window"]) for t in rec.tokens + base.tokens])}
     return _two_groups(ctx, protocol, "as_published", ctx.claim.criteria[criterion_name], rec, base, pr)
 
 
-def _mean(x: Sequence[float]) -> float:
-    return float(np.mean(x)) if len(x) else float("nan")
+def pr_means(rec: RVRun, base: RVRun) -> dict[str, float]:
+    """PR_early and PR_late reported separately, per condition (the ratio alone hides which one moved)."""
+    return {"pr_early_mean_recursive": stats.nan_mean(rec.pr_early),
+            "pr_late_mean_recursive": stats.nan_mean(rec.pr_late),
+            "pr_early_mean_baseline": stats.nan_mean(base.pr_early),
+            "pr_late_mean_baseline": stats.nan_mean(base.pr_late)}
 
 
 def rederive(claim: Claim, published_dir: Path) -> dict[str, Any]:

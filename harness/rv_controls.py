@@ -9,7 +9,17 @@ import numpy as np
 from harness import stats
 from harness.results import protocol_result
 from harness.runner import token_counts
-from harness.rv import Context, Protocol, RVRun, _exclusions, _prompts, _two_groups, as_published, match_by_tokens
+from harness.rv import (
+    Context,
+    Protocol,
+    RVRun,
+    _exclusions,
+    _prompts,
+    _two_groups,
+    as_published,
+    match_by_tokens,
+    pr_means,
+)
 
 
 def _too_few(ctx: Context, name: str, rec: RVRun, base: RVRun, needed: int, why: str) -> dict[str, Any] | None:
@@ -45,14 +55,8 @@ def bos_excluded(ctx: Context) -> dict[str, Any]:
     base = ctx.run(_prompts(ctx.bank, control["baseline_categories"]), window, min_tokens=window.size + 1)
     too_few = _too_few(ctx, "bos_excluded", rec, base, control["min_per_condition"],
                        f"prompts need at least {window.size + 1} tokens")
-    extra = {"window": window.size, "pr_early_mean_recursive": _mean(rec.pr_early),
-             "pr_late_mean_recursive": _mean(rec.pr_late), "pr_early_mean_baseline": _mean(base.pr_early),
-             "pr_late_mean_baseline": _mean(base.pr_late)}
+    extra = {"window": window.size, **pr_means(rec, base)}
     return too_few or _two_groups(ctx, "control:bos_excluded", "control", control["criterion"], rec, base, extra)
-
-
-def _mean(x: list[float]) -> float:
-    return float(np.mean(x)) if x else float("nan")
 
 
 def length_covariate(ctx: Context) -> dict[str, Any]:

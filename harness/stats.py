@@ -149,6 +149,11 @@ def ols(y: Sequence[float], columns: dict[str, Sequence[float]]) -> Regression:
     return Regression(names, tuple(map(float, coef)), tuple(map(float, t)), tuple(map(float, p)), int(df))
 
 
+def nan_mean(x: Sequence[float]) -> float:
+    """The mean, or NaN when there is nothing to average (so an empty group reads as not observed)."""
+    return float(np.mean(x)) if len(x) else float("nan")
+
+
 def describe(x: Sequence[float]) -> dict[str, float]:
     """Mean, population std (np.std, ddof=0, as the source reported) and sample std, min, max, n."""
     a = _arr(x, "sample", minimum=1)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 from contextlib import contextmanager
-from importlib.metadata import entry_points
 from pathlib import Path
 
 import pytest
@@ -14,15 +13,14 @@ import torch
 from harness.claims import get_claim
 from harness.hooks import edit_site, hook_count
 from harness.models import get_spec, load
-from harness.plugin import worker_devices
+from harness.plugin import registered_by_entry_point, worker_devices
 from harness.prompts import bank_for
 from harness.runner import Window, forward_capture
 from harness.rv import Context, layers_for
 from harness.rv_controls import PROTOCOLS
 
 # A subprocess pytest loads the plugin through its entry point when the package is installed, else via -p.
-PLUGIN_ARGS = [] if any(ep.value == "harness.plugin" for ep in entry_points(group="pytest11")) else [
-    "-p", "harness.plugin"]
+PLUGIN_ARGS = [] if registered_by_entry_point() else ["-p", "harness.plugin"]
 
 
 @pytest.fixture(scope="module")
@@ -200,21 +198,23 @@ def _stable(doc):
     return doc
 
 
-@pytest.mark.slow
-def test_same_seed_same_report_and_seed_is_recorded(pytester):
+def run_rv_claim(pytester, name, *args):
+    """Run claims/test_rv_contraction.py in a subprocess pytest with `args`; return its claims report."""
     pytester.makepyfile(test_rv="import pytest\n"
                         "from claims.test_rv_contraction import test_rv_contraction  # noqa: F401\n"
                         "pytestmark = pytest.mark.claim('rv_contraction')\n")
     root = str(Path(__file__).resolve().parents[1])
-    docs = []
-    for seed, name in ((0, "a"), (0, "b"), (5, "c")):
-        out = pytester.path / f"{name}.json"
-        result = pytester.runpytest_subprocess(
-            *PLUGIN_ARGS, "--models", "tiny-llama-instruct", "-k", "as_published or permutation",
-            f"--claim-seed={seed}", f"--claims-json={out}", "-p", "no:cacheprovider", f"--rootdir={root}",
-            "-o", f"pythonpath={root}")
-        assert result.ret == 0, result.outlines[-20:]
-        docs.append(json.loads(out.read_text()))
+    out = pytester.path / f"{name}.json"
+    result = pytester.runpytest_subprocess(*PLUGIN_ARGS, *args, f"--claims-json={out}", "-p", "no:cacheprovider",
+                                           f"--rootdir={root}", "-o", f"pythonpath={root}")
+    assert result.ret == 0, result.outlines[-20:]
+    return json.loads(out.read_text())
+
+
+@pytest.mark.slow
+def test_same_seed_same_report_and_seed_is_recorded(pytester):
+    docs = [run_rv_claim(pytester, name, "--models", "tiny-llama-instruct", "-k", "as_published or permutation",
+                         f"--claim-seed={seed}") for seed, name in ((0, "a"), (0, "b"), (5, "c"))]
     assert _stable(docs[0])["results"] == _stable(docs[1])["results"]
     assert docs[0]["run"]["seed"] == 0 and docs[2]["run"]["seed"] == 5
     assert _stable(docs[0])["results"] != _stable(docs[2])["results"]
@@ -223,18 +223,9 @@ def test_same_seed_same_report_and_seed_is_recorded(pytester):
 @pytest.mark.slow
 def test_xdist_workers_give_the_serial_report(pytester):
     """Two xdist workers grouped by model: the controller's report holds the same results as a serial run."""
-    pytester.makepyfile(test_rv="import pytest\n"
-                        "from claims.test_rv_contraction import test_rv_contraction  # noqa: F401\n"
-                        "pytestmark = pytest.mark.claim('rv_contraction')\n")
-    root = str(Path(__file__).resolve().parents[1])
-    docs = []
-    for name, extra in (("serial", []), ("xdist", ["-n", "2", "--dist", "loadgroup"])):
-        out = pytester.path / f"{name}.json"
-        result = pytester.runpytest_subprocess(
-            *PLUGIN_ARGS, *extra, "--models", "tiny-llama-instruct,tiny-qwen2-instruct", "-k", "as_published",
-            f"--claims-json={out}", "-p", "no:cacheprovider", f"--rootdir={root}", "-o", f"pythonpath={root}")
-        assert result.ret == 0, result.outlines[-20:]
-        docs.append(json.loads(out.read_text()))
+    docs = [run_rv_claim(pytester, name, *extra, "--models", "tiny-llama-instruct,tiny-qwen2-instruct",
+                         "-k", "as_published")
+            for name, extra in (("serial", []), ("xdist", ["-n", "2", "--dist", "loadgroup"]))]
 
     def keyed(doc):
         return {(r["model"], r["protocol"]): _stable(r) for r in doc["results"]}
