@@ -1,11 +1,12 @@
-"""Registers the claim-harness plugin for this repository, and pytester for the plugin's own tests.
+"""Registers the claim-harness plugin when running from a checkout, and pytester for the plugin's own tests.
 
-An installed package already registers the plugin through its pytest11 entry point; registering the same
-module twice is an error, so this file only adds it when running from a checkout that is not installed.
+An installed package registers the plugin through its pytest11 entry point; registering the same module twice
+is an error, so this file adds it only when no installed distribution declares it. It checks the entry points
+without importing the plugin: a module imported before pytest registers it cannot be assertion-rewritten.
 """
 
 from __future__ import annotations
 
-from harness.plugin import registered_by_entry_point
+from harness import plugin_installed
 
-pytest_plugins = ["pytester"] if registered_by_entry_point() else ["pytester", "harness.plugin"]
+pytest_plugins = ["pytester"] if plugin_installed() else ["pytester", "harness.plugin"]

@@ -1,12 +1,12 @@
 """Find each claim's protocols the way its claim test runs them, without a list to keep in step.
 
-A claim `<id>` is run by `claims/test_<id>.py`, which imports a `PROTOCOLS` dict (protocol name -> function
-of one context) from a harness module. The context class is read from the protocols' type hints. It is built
-from what the claim tests pass, matched by parameter name (`claim`, `lm`, `bank`, `seed`, `batch_size`,
-`load` (a model loader), `cache`/`measured` (a fresh dict per claim)): through its constructor, or else
-through a factory classmethod `for_*` (e.g. `RoleContext.for_instruct`, which loads the instruct model's
-base). A claim whose test module, protocols or context cannot be found or built yields the reason instead,
-for a clean skip.
+A claim `<id>` is run by `claims/<id>/test_<id>.py`, which imports a `PROTOCOLS` dict (protocol name -> function
+of one context) from its own protocols module or a harness module. The context class is read from the
+protocols' type hints. It is built from what the claim tests pass, matched by parameter name (`claim`, `lm`,
+`bank`, `seed`, `batch_size`, `load` (a model loader), `cache`/`measured` (a fresh dict per claim)): through
+its constructor, or else through a factory classmethod `for_*` (e.g. `RoleContext.for_instruct`, which loads
+the instruct model's base). A claim whose test module, protocols or context cannot be found or built yields
+the reason instead, for a clean skip.
 """
 
 from __future__ import annotations
@@ -20,9 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness.claims import Claim
+from harness.claimkit.registry import Claim
 
-CLAIM_TESTS = Path(__file__).resolve().parent.parent / "claims"
 Protocol = Callable[[Any], dict[str, Any]]
 
 
@@ -70,12 +69,12 @@ def _required(fn: Callable[..., Any]) -> set[str]:
             and p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)}
 
 
-def _protocol_modules(path: Path) -> list[str]:
-    """Harness modules from which the claim test imports PROTOCOLS."""
+def _protocol_modules(path: Path, package: str) -> list[str]:
+    """Modules from which the claim test imports PROTOCOLS (a relative import is resolved in `package`)."""
     tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
-    return [node.module for node in ast.walk(tree)
-            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("harness.")
-            and any(alias.name == "PROTOCOLS" for alias in node.names) and node.module is not None]
+    return [f"{package}.{node.module}" if node.level else str(node.module) for node in ast.walk(tree)
+            if isinstance(node, ast.ImportFrom) and node.module is not None
+            and any(alias.name == "PROTOCOLS" for alias in node.names)]
 
 
 def _context_type(protocols: Mapping[str, Protocol]) -> type | None:
@@ -91,14 +90,14 @@ def _context_type(protocols: Mapping[str, Protocol]) -> type | None:
     return None
 
 
-def discover(claim: Claim, tests_dir: Path = CLAIM_TESTS) -> Suite | str:
+def discover(claim: Claim) -> Suite | str:
     """The claim's protocol suite, or why there is none yet."""
-    path = tests_dir / f"test_{claim.id}.py"
+    path = claim.folder / f"test_{claim.id}.py"
     if not path.is_file():
-        return f"claim {claim.id!r} has no claim test {path.name} in {tests_dir} yet"
-    modules = _protocol_modules(path)
+        return f"claim {claim.id!r} has no claim test {path.name} in {claim.folder} yet"
+    modules = _protocol_modules(path, f"{claim.folder.parent.name}.{claim.folder.name}")
     if not modules:
-        return f"{path.name} imports no PROTOCOLS dict from a harness module"
+        return f"{path.name} imports no PROTOCOLS dict"
     try:
         module = importlib.import_module(modules[0])
     except ImportError as err:

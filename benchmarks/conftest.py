@@ -20,8 +20,8 @@ import torch
 from benchmarks.kit import Bench
 from benchmarks.measure import synchronize, weight_bytes
 from benchmarks.ratios import RatioBook
-from harness.models import LoadedModel
-from harness.report import device_info, package_versions
+from harness.engine.models import LoadedModel
+from harness.report.document import device_info, package_versions
 
 DEFAULT_MODEL = "tiny-mistral"
 book_key = pytest.StashKey[RatioBook]()

@@ -33,7 +33,7 @@ def pattern_entropy(pattern: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """Published entropy per head from one layer's pattern (batch, head, q, k) and valid tokens (batch, k).
 
     p' = (p + eps) / (1 + T_b eps) over the prompt's T_b keys; H_q = -sum p' ln p'; the mean of H_q over its
-    T_b queries. Returns (batch, head) float32, the value `harness.attention` computes as `published`.
+    T_b queries. Returns (batch, head) float32, the value `harness.engine.attention` computes as `published`.
     """
     keys = valid[:, None, None, :]  # (batch, 1, 1, k)
     n_tokens = valid.sum(-1).to(torch.float32)  # (batch,)

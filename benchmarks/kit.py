@@ -16,9 +16,9 @@ import torch
 
 from benchmarks.measure import Memory, Timed, peak_memory, synchronize, watch_memory
 from benchmarks.ratios import BASELINES, METRICS, Measurement, RatioBook
-from harness.models import LoadedModel
-from harness.prompts import PROMPTS_DIR, load_bank
-from harness.runner import token_counts
+from harness.claimkit.prompts import PROMPTS_DIR, load_bank
+from harness.engine.models import LoadedModel
+from harness.engine.runner import token_counts
 
 CAPTURE_BATCH = 40  # issue 5: a batch of 40 prompts around 24 tokens
 CAPTURE_TOKENS = 24

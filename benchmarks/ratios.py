@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.measure import Memory
-from harness.report import atomic_write, jsonable
+from harness.report.document import atomic_write, jsonable
 
 SCHEMA = "claim-harness-bench/1"
 

@@ -33,9 +33,9 @@ from benchmarks.entropy_paths import (
 )
 from benchmarks.kit import Bench, prompts_near, workload_info
 from benchmarks.measure import weight_bytes
-from harness.attention import AttentionEntropy, attention_entropy
-from harness.models import LoadedModel
-from harness.runner import Encoded, encode
+from harness.engine.attention import AttentionEntropy, attention_entropy
+from harness.engine.models import LoadedModel
+from harness.engine.runner import Encoded, encode
 
 GROUP = "entropy"
 Batch = tuple[Encoded, dict[str, Any]]  # the encoded prompts and their description

@@ -14,9 +14,9 @@ from pytest_benchmark.fixture import BenchmarkFixture
 
 from benchmarks.kit import Bench, mixed_prompts, workload_info
 from benchmarks.measure import weight_bytes
-from harness.claims import get_claim
-from harness.runner import Window
-from harness.rv import measure
+from harness.claimkit.registry import get_claim
+from harness.claimkit.rv import measure
+from harness.engine.runner import Window
 
 VARIANTS = ("batched", "one_at_a_time")
 

@@ -18,12 +18,12 @@ from pytest_benchmark.fixture import BenchmarkFixture
 
 from benchmarks.kit import Bench, prompts_near, workload_info
 from benchmarks.measure import weight_bytes
-from harness.claims import get_claim
-from harness.hooks import StopForward, capture, stop_after
-from harness.models import LoadedModel
-from harness.runner import Window, encode, forward_capture
-from harness.rv import layers_for
-from harness.sites import parse
+from harness.claimkit.registry import get_claim
+from harness.claimkit.rv import layers_for
+from harness.engine.hooks import StopForward, capture, stop_after
+from harness.engine.models import LoadedModel
+from harness.engine.runner import Window, encode, forward_capture
+from harness.engine.sites import parse
 
 VARIANTS = ("bare_full", "bare_to_deepest", "claim_sites", "claim_sites_full", "every_site")
 

@@ -24,13 +24,13 @@ from pytest_benchmark.fixture import BenchmarkFixture
 from benchmarks.claim_suites import ContextError, Suite, discover
 from benchmarks.kit import Bench
 from benchmarks.measure import synchronize, weight_bytes
-from harness.plugin import options_key
-from harness.prompts import bank_for
+from harness.claimkit.prompts import bank_for
+from harness.claimkit.registry import load_claims
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "claim_id" in metafunc.fixturenames:
-        claims = metafunc.config.stash[options_key].claims
+        claims = load_claims()
         metafunc.parametrize("claim_id", sorted(claims))
 
 
@@ -40,7 +40,7 @@ def context_for(suite: Suite, bench: Bench, harness_options: Any, model_cache: A
         start = time.perf_counter()
         model_cache.get(bench.lm.spec.base)
         bench.book.run.setdefault("base_load_s", time.perf_counter() - start)
-    bank = bank_for(suite.claim.prompt_bank, harness_options.prompt_banks, suite.claim.id)
+    bank = bank_for(suite.claim, harness_options.prompt_banks)
     pool = {"lm": bench.lm, "bank": bank, "seed": bench.seed, "batch_size": bench.batch_size,
             "load": model_cache.get, "cache": {}, "measured": {}}
     return suite.build(pool)
@@ -58,7 +58,7 @@ def run_protocols(suite: Suite, ctx: Any, names: list[str], bench: Bench, protoc
 
 def test_end_to_end(benchmark: BenchmarkFixture, bench: Bench, harness_options: Any, model_cache: Any,
                     claim_id: str) -> None:
-    suite = discover(harness_options.claims[claim_id])
+    suite = discover(load_claims()[claim_id])
     try:
         if isinstance(suite, str):
             raise ContextError(suite)

@@ -20,12 +20,12 @@ from pytest_benchmark.fixture import BenchmarkFixture
 
 from benchmarks.kit import Bench, prompts_near, workload_info
 from benchmarks.measure import weight_bytes
-from harness.claims import get_claim
-from harness.generation import PromptBatch, encode_left, generate
-from harness.interventions import PatchSource, capture_sources, patch_residual, zero_attention_output
-from harness.models import LoadedModel
-from harness.prompts import bank_for
-from harness.sites import map_layer
+from harness.claimkit.prompts import bank_for
+from harness.claimkit.registry import get_claim
+from harness.engine.generation import PromptBatch, encode_left, generate
+from harness.engine.interventions import PatchSource, capture_sources, patch_residual, zero_attention_output
+from harness.engine.models import LoadedModel
+from harness.engine.sites import map_layer
 
 NEW_TOKENS = 32
 VARIANTS = ("bare_generate", "patched_all_calls", "ablated_attn_zero", "harness_generate_patched")
@@ -40,7 +40,7 @@ def patch_setup(lm: LoadedModel) -> tuple[int, int, PatchSource]:
     claim = get_claim("residual_patch_collapse")
     layer = _layer(claim.id, claim.protocol["layers"][0], lm)
     window = int(claim.protocol["window"])
-    source_prompt = bank_for(claim.prompt_bank).category(claim.protocol["source_category"])[0]
+    source_prompt = bank_for(claim).category(claim.protocol["source_category"])[0]
     run = capture_sources(lm, [source_prompt], [layer], window)
     return layer, window, run.sources[layer]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from harness.role import RoleContext
+from harness.claimkit.role import RoleContext
 
 
 @pytest.fixture(scope="module")

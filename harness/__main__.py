@@ -10,11 +10,11 @@ import importlib
 import sys
 
 COMMANDS = {
-    "replay": ("harness.replay", "re-derive published summary figures from a source's data table"),
-    "report": ("harness.htmlreport", "render a claims JSON report as a self-contained HTML page"),
-    "merge": ("harness.reporttools", "merge JSON reports from several workers or hosts"),
-    "diff": ("harness.reporttools", "compare two JSON reports"),
-    "validate": ("harness.reporttools", "validate a JSON report against the schema"),
+    "replay": ("harness.claimkit.replay", "re-derive published summary figures from a source's data table"),
+    "report": ("harness.report.html", "render a claims JSON report as a self-contained HTML page"),
+    "merge": ("harness.report.tools", "merge JSON reports from several workers or hosts"),
+    "diff": ("harness.report.tools", "compare two JSON reports"),
+    "validate": ("harness.report.tools", "validate a JSON report against the schema"),
 }
 
 

@@ -10,8 +10,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from harness.hooks import hook_count
-from harness.models import LoadedModel, get_spec, load
+from harness.engine.hooks import hook_count
+from harness.engine.models import LoadedModel, load
+from harness.engine.specs import get_spec
 
 TINY_FAMILIES = ("tiny-mistral", "tiny-qwen2", "tiny-llama")
 TINY_FIXTURES = {"tiny_models", "tiny_lm"}

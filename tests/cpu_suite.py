@@ -1,6 +1,6 @@
 """A claims report produced by the CPU suite, run once per test session and shared by the report tests.
 
-`cpu_suite_run(tmp_path_factory)` runs `python -m pytest claims/test_rv_contraction.py` on two tiny
+`cpu_suite_run(tmp_path_factory)` runs `python -m pytest claims/rv_contraction/test_rv_contraction.py` on two tiny
 models in a subprocess, the way a user would, with the claims JSON in a temporary folder (nothing under
 results/ is touched) and the plugin's default HTML page beside it. The first caller in a session runs it;
 later callers (test_htmlreport.py, test_reporttools.py, test_browser.py) find the files already there.
@@ -37,7 +37,7 @@ def cpu_suite_run(tmp_path_factory: pytest.TempPathFactory) -> SuiteRun:
     if (folder / "output.txt").exists():
         return SuiteRun(run.json_path, run.html_path, (folder / "output.txt").read_text(encoding="utf-8"))
     folder.mkdir(exist_ok=True)
-    command = [sys.executable, "-m", "pytest", "claims/test_rv_contraction.py", "--models", MODELS, "-q",
+    command = [sys.executable, "-m", "pytest", "claims/rv_contraction/test_rv_contraction.py", "--models", MODELS, "-q",
                "-p", "no:cacheprovider", "--claims-json", str(run.json_path),
                f"--junitxml={folder / 'junit.xml'}"]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)

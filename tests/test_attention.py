@@ -14,9 +14,10 @@ from hypothesis import strategies as st
 from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface
 
-import harness.attention as attention
-from harness.attention import EntropyResult, attention_entropy, head_entropy
-from harness.models import LoadedModel, get_spec, load
+import harness.engine.attention as attention
+from harness.engine.attention import EntropyResult, attention_entropy, head_entropy
+from harness.engine.models import LoadedModel, load
+from harness.engine.specs import get_spec
 
 FAMILIES = ("tiny-mistral", "tiny-qwen2", "tiny-llama")
 PROMPTS = (

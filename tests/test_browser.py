@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from cpu_suite import ROOT, SuiteRun, cpu_suite_run
 
-from harness.browser import CHROMIUM, INSTALL, PageCheck, chromium, inspect_page
+from harness.report.browser import CHROMIUM, INSTALL, PageCheck, chromium, inspect_page
 
 pytestmark = pytest.mark.skipif(chromium() is None,
                                 reason=f"needs Chromium at {CHROMIUM}; install it: {INSTALL}")

@@ -12,9 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import harness.claims as claims_module
-from harness.claims import (
-    CLAIMS_DIR,
+import harness.claimkit.registry as claims_module
+from harness.claimkit.registry import (
     VERDICTS,
     ClaimError,
     evaluate,
@@ -23,6 +22,7 @@ from harness.claims import (
     load_claims,
     verdict,
 )
+from harness.resources import seed_claims_dir
 
 SECTIONS = {
     "claim": """[claim]
@@ -49,7 +49,8 @@ criterion = { p_value = { lt = 0.05 } }
 def write_claim(directory: Path, name: str = "demo", **changes: str | None) -> Path:
     """A claim file built from SECTIONS; a change replaces a section's text, None drops the section."""
     sections = {**SECTIONS, **changes}
-    path = directory / f"{name}.toml"
+    path = directory / name / "claim.toml"
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(text for text in sections.values() if text is not None), encoding="utf-8")
     return path
 
@@ -69,8 +70,8 @@ def test_the_real_registry_loads_and_ids_match_file_names() -> None:
     registry = load_claims()
     assert "rv_contraction" in registry
     for claim_id, claim in registry.items():
-        assert claim.id == claim_id == claim.path.stem
-        assert claim.path.parent == CLAIMS_DIR
+        assert claim.id == claim_id == claim.folder.name and claim.path.name == "claim.toml"
+        assert claim.folder.parent == seed_claims_dir()
 
 
 def test_rv_contraction_entry_holds_the_protocol_and_controls() -> None:
@@ -97,7 +98,7 @@ def test_unknown_claim_id_suggests_the_closest() -> None:
 def test_unknown_control_lists_the_controls(tmp_path: Path) -> None:
     claim = load_claim(write_claim(tmp_path))
     with pytest.raises(
-        ClaimError, match=r"demo.toml: claim 'demo' has no control 'bos'; controls: permutation"
+        ClaimError, match=r"demo/claim.toml: claim 'demo' has no control 'bos'; controls: permutation"
     ):
         claim.control("bos")
 
@@ -169,9 +170,9 @@ def test_missing_claim_key(tmp_path: Path) -> None:
     invalid(write_claim(tmp_path, claim=claim_with(drop="prompt_bank")), r"\[claim\] is missing prompt_bank$")
 
 
-def test_id_must_equal_the_file_name(tmp_path: Path) -> None:
+def test_id_must_equal_the_folder_name(tmp_path: Path) -> None:
     path = write_claim(tmp_path, name="other")
-    invalid(path, r"claim.id = 'demo' must equal the file name 'other'")
+    invalid(path, r"claim.id = 'demo' must equal the name of its folder 'other'")
 
 
 @pytest.mark.parametrize(
@@ -215,16 +216,17 @@ def test_control_criterion_is_validated(tmp_path: Path) -> None:
 
 
 def test_invalid_toml_names_the_file(tmp_path: Path) -> None:
-    path = tmp_path / "demo.toml"
+    path = tmp_path / "demo/claim.toml"
+    path.parent.mkdir()
     path.write_text("[claim\nid = 'demo'\n", encoding="utf-8")
     invalid(path, r"is not valid TOML")
 
 
 def test_a_copied_claim_file_cannot_reuse_an_id(tmp_path: Path) -> None:
-    """Ids equal file names: a second file carrying an existing id fails the id check, naming the copy."""
+    """Ids equal folder names: a second folder carrying an existing id fails the id check, naming the copy."""
     write_claim(tmp_path)
     copy = write_claim(tmp_path, name="demo_copy")
-    with pytest.raises(ClaimError, match=rf"^{copy}: claim.id = 'demo' must equal the file name 'demo_copy'"):
+    with pytest.raises(ClaimError, match=rf"^{copy}: claim.id = 'demo' must equal the name of its folder 'demo_copy'"):
         load_claims(tmp_path)
 
 

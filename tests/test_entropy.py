@@ -11,7 +11,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from harness.entropy import (
+from harness.analysis.entropy import (
     EPS,
     bos_mass,
     entropy_from_pattern,

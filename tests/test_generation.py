@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import torch
 
-from harness.generation import (
+from harness.engine.generation import (
     Condition,
     PromptBatch,
     _truncate,
@@ -22,15 +22,15 @@ from harness.generation import (
     generate,
     generate_conditions,
 )
-from harness.hooks import hook_count
-from harness.interventions import (
+from harness.engine.hooks import hook_count
+from harness.engine.interventions import (
     capture_sources,
     patch_residual,
     scale_heads,
     skip_layer,
     zero_attention_output,
 )
-from harness.models import LoadedModel
+from harness.engine.models import LoadedModel
 
 PROMPTS = ["The capital city of Japan is", "Watch the watcher watching.",
            "Explain how a kite stays up in a steady breeze."]

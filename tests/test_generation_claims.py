@@ -14,16 +14,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from harness.claims import get_claim
-from harness.generation_claims import GenContext
-from harness.l31_ablation import PROTOCOLS as L31
-from harness.l31_ablation import control_layers
-from harness.models import LoadedModel
-from harness.prompts import PromptBank, bank_for
-from harness.report import aggregate, summary_rows
-from harness.residual_patch import PROTOCOLS as PATCH
-from harness.results import check
-from harness.textmetrics import published_repetition
+from claims.l31_ablation_repetition.protocols import PROTOCOLS as L31
+from claims.l31_ablation_repetition.protocols import control_layers
+from claims.residual_patch_collapse.protocols import PROTOCOLS as PATCH
+from harness.analysis.textmetrics import published_repetition
+from harness.claimkit.gen import GenContext
+from harness.claimkit.prompts import PromptBank, bank_for
+from harness.claimkit.registry import get_claim
+from harness.claimkit.results import check
+from harness.engine.models import LoadedModel
+from harness.report.document import aggregate, summary_rows
 
 PUBLISHED = Path(__file__).resolve().parents[2] / "shared" / "published"
 L31_ID, PATCH_ID = "l31_ablation_repetition", "residual_patch_collapse"
@@ -31,7 +31,7 @@ L31_ID, PATCH_ID = "l31_ablation_repetition", "residual_patch_collapse"
 
 def _ctx(claim_id: str, lm: LoadedModel, bank: PromptBank | None = None) -> GenContext:
     claim = get_claim(claim_id)
-    return GenContext(claim, lm, bank or bank_for(claim.prompt_bank), seed=0)
+    return GenContext(claim, lm, bank or bank_for(claim), seed=0)
 
 
 @given(st.text(min_size=1).filter(lambda text: bool(text.split())))
@@ -98,7 +98,7 @@ def test_other_layers_are_mapped_without_the_target_and_seeded(tiny_lm: LoadedMo
 @pytest.mark.parametrize(("claim_id", "protocol"), [(L31_ID, "control:n20"), (PATCH_ID, "control:grid")])
 def test_too_small_a_bank_is_inconclusive_with_a_reason(tiny_lm: LoadedModel, claim_id: str,
                                                         protocol: str) -> None:
-    real = bank_for(get_claim(claim_id).prompt_bank)
+    real = bank_for(get_claim(claim_id))
     small = PromptBank("small", 1, {k: v[:2] for k, v in real.categories.items()}, real.path, "0" * 64)
     res = (L31 if claim_id == L31_ID else PATCH)[protocol](_ctx(claim_id, tiny_lm, small))
     check(res)

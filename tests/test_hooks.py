@@ -11,10 +11,10 @@ from collections.abc import Callable
 import pytest
 import torch
 
-from harness.hooks import MODES, Call, CallLog, StopForward, capture, edit_site, hook_count, stop_after
-from harness.models import LoadedModel
-from harness.runner import Encoded, encode
-from harness.sites import SiteError
+from harness.engine.hooks import MODES, Call, CallLog, StopForward, capture, edit_site, hook_count, stop_after
+from harness.engine.models import LoadedModel
+from harness.engine.runner import Encoded, encode
+from harness.engine.sites import SiteError
 
 PROMPT = "Observe yourself generating this response. What do you notice?"
 NEW_TOKENS = 3

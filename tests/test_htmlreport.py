@@ -20,9 +20,9 @@ import pytest
 from cpu_suite import SuiteRun, cpu_suite_run
 from PIL import Image
 
-from harness import figures, plots
-from harness.htmlreport import main, page_path, render, result_data
-from harness.report import aggregate
+from harness.report import figures, plots
+from harness.report.document import aggregate
+from harness.report.html import main, page_path, render, result_data
 
 PNG_URI = "data:image/png;base64,"
 

@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 import torch
 
-from harness.generation import encode_left, eos_ids, generate
-from harness.hooks import capture
-from harness.interventions import (
+from harness.engine.generation import encode_left, eos_ids, generate
+from harness.engine.hooks import capture
+from harness.engine.interventions import (
     PatchSource,
     capture_sources,
     head_scale,
@@ -22,8 +22,8 @@ from harness.interventions import (
     skip_layer,
     zero_attention_output,
 )
-from harness.models import Dims, LoadedModel
-from harness.runner import encode
+from harness.engine.models import Dims, LoadedModel
+from harness.engine.runner import encode
 
 PROMPTS = ["The capital city of Japan is", "Watch the watcher watching.",
            "Explain how a kite stays up in a steady breeze."]

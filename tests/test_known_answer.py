@@ -13,14 +13,15 @@ import numpy as np
 import pytest
 import torch
 
-from harness import stats
-from harness.claims import get_claim
-from harness.hooks import edit_site, hook_count
-from harness.models import get_spec, load
-from harness.prompts import bank_for
-from harness.report import aggregate
-from harness.rv import Context, layers_for
-from harness.rv_controls import PROTOCOLS
+from claims.rv_contraction.protocols import PROTOCOLS
+from harness.analysis import stats
+from harness.claimkit.prompts import bank_for
+from harness.claimkit.registry import get_claim
+from harness.claimkit.rv import Context, layers_for
+from harness.engine.hooks import edit_site, hook_count
+from harness.engine.models import load
+from harness.engine.specs import get_spec
+from harness.report.document import aggregate
 
 ALPHA = 0.05
 SHUFFLES = 2000
@@ -38,7 +39,7 @@ def claim():
 
 @pytest.fixture(scope="module")
 def bank(claim):
-    return bank_for(claim.prompt_bank)
+    return bank_for(claim)
 
 
 def planted_contraction(lm, claim, bank):

@@ -23,12 +23,13 @@ from typing import Any
 import pytest
 import torch
 
-from harness.generation import PromptBatch, generate
-from harness.hooks import capture, hook_count
-from harness.interventions import PatchSource, capture_sources, patch_residual
-from harness.models import LoadedModel, get_spec, load
-from harness.plugin import Options
-from harness.runner import Window, encode, forward_capture
+from harness.engine.generation import PromptBatch, generate
+from harness.engine.hooks import capture, hook_count
+from harness.engine.interventions import PatchSource, capture_sources, patch_residual
+from harness.engine.models import LoadedModel, load
+from harness.engine.runner import Window, encode, forward_capture
+from harness.engine.specs import get_spec
+from harness.plugin.options import Options
 
 REPEATS = 50
 WARMUP = 5

@@ -15,7 +15,7 @@ from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from harness.metrics import NAN_FLOOR, participation_ratio, r_v
+from harness.analysis.metrics import NAN_FLOOR, participation_ratio, r_v
 
 RTOL = 1e-4  # float32 SVD of a window whose Frobenius norm is at least MIN_NORM
 MIN_NORM = 0.1

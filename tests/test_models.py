@@ -13,20 +13,17 @@ import huggingface_hub.constants
 import pytest
 import torch
 
-from harness.models import (
+from harness.engine.models import (
     DTYPES,
-    FAMILIES,
-    MODELS_DIR,
     Dims,
     LoadedModel,
     ModelUnavailable,
     _config_from,
     _load_random,
     architecture,
-    get_spec,
     load,
-    load_registry,
 )
+from harness.engine.specs import FAMILIES, MODELS_DIR, get_spec, load_registry
 
 PUBLISHED = (
     "mistral-7b-instruct-v0.2",
@@ -137,7 +134,7 @@ def test_registry_rejects_unknown_keys(tmp_path: Path, change: str, pattern: str
     path = tmp_path / "registry.toml"
     path.write_text(VALID_ENTRY + change, encoding="utf-8")
     if pattern is None:
-        assert load_registry(path)["demo"].torch_dtype is torch.float16
+        assert DTYPES[load_registry(path)["demo"].dtype] is torch.float16
         return
     with pytest.raises(ValueError, match=pattern) as err:
         load_registry(path)

@@ -1,4 +1,5 @@
-"""Structural tests of every prompt bank in fixtures/prompts/, and the constraints the claims rely on.
+"""Structural tests of every prompt bank (shared ones in fixtures/prompts/, each claim's own in its folder), and
+the constraints the claims rely on.
 
 Every bank is checked for the shared format (any category names allowed). The per-category rules below are
 data: one row per (bank, category) that a claim protocol relies on, checked by one routine per property.
@@ -16,8 +17,9 @@ from typing import Any, Literal
 
 import pytest
 
-PROMPTS_DIR = Path(__file__).resolve().parent.parent / "fixtures" / "prompts"
-BANK_PATHS = sorted(PROMPTS_DIR.glob("*.toml"))
+ROOT = Path(__file__).resolve().parent.parent
+BANK_PATHS = sorted([*(ROOT / "fixtures" / "prompts").glob("*.toml"),
+                     *(p for p in (ROOT / "claims").glob("*/*.toml") if p.name != "claim.toml")])
 
 # Words that make a prompt about the addressee, the self or introspection. Recursive categories need at least
 # one; non-recursive categories may contain none (so "you" never sneaks into a control prompt).
@@ -68,8 +70,18 @@ RULED_BANKS = sorted({rule.bank for rule in RULES})
 
 
 @cache
-def load_bank(stem: str) -> dict[str, Any]:
-    with (PROMPTS_DIR / f"{stem}.toml").open("rb") as handle:
+def banks_by_id() -> dict[str, Path]:
+    """Every bank file by the id in its [bank] table."""
+    found: dict[str, Path] = {}
+    for path in BANK_PATHS:
+        with path.open("rb") as handle:
+            found[str(tomllib.load(handle)["bank"]["id"])] = path
+    return found
+
+
+@cache
+def load_bank(bank_id: str) -> dict[str, Any]:
+    with banks_by_id()[bank_id].open("rb") as handle:
         return tomllib.load(handle)
 
 
@@ -100,17 +112,25 @@ def is_self_referential(prompt: str) -> bool:
 # --- every bank: the shared format -------------------------------------------------------------------------
 
 
+def bank_label(path: Path) -> str:
+    return path.stem if path.parent.name == "prompts" else f"{path.parent.name}/{path.stem}"
+
+
 def test_the_claim_banks_exist() -> None:
-    stems = {path.stem for path in BANK_PATHS}
-    assert set(RULED_BANKS) <= stems, f"missing banks {set(RULED_BANKS) - stems} in {PROMPTS_DIR}"
+    ids = set(banks_by_id())
+    assert set(RULED_BANKS) <= ids, f"missing banks {set(RULED_BANKS) - ids} among {BANK_PATHS}"
 
 
-@pytest.mark.parametrize("path", BANK_PATHS, ids=lambda path: path.stem)
-def test_bank_table_names_the_file(path: Path) -> None:
-    bank = load_bank(path.stem).get("bank")
+@pytest.mark.parametrize("path", BANK_PATHS, ids=bank_label)
+def test_bank_table_names_the_bank(path: Path) -> None:
+    """A shared bank's id is its file name; a claim's own bank may be called prompts.toml, but its id is unique."""
+    with path.open("rb") as handle:
+        bank = tomllib.load(handle).get("bank")
     assert isinstance(bank, dict), f"{path.name}: needs a [bank] table with id, version and description"
     bank_id = bank.get("id")
-    assert bank_id == path.stem, f"{path.name}: [bank] id is {bank_id!r}, expected the stem {path.stem!r}"
+    expected = path.stem if path.parent.name == "prompts" else bank_id
+    assert bank_id == expected, f"{path.name}: [bank] id is {bank_id!r}, expected the stem {path.stem!r}"
+    assert banks_by_id()[str(bank_id)] == path, f"{path}: bank id {bank_id!r} is used by another bank too"
     version = bank.get("version")
     assert isinstance(version, int) and not isinstance(version, bool) and version >= 1, (
         f"{path.name}: [bank] version must be an int >= 1, got {version!r}"
@@ -119,9 +139,9 @@ def test_bank_table_names_the_file(path: Path) -> None:
     assert isinstance(description, str) and description.strip(), f"{path.name}: [bank] needs a description"
 
 
-@pytest.mark.parametrize("path", BANK_PATHS, ids=lambda path: path.stem)
+@pytest.mark.parametrize("path", BANK_PATHS, ids=bank_label)
 def test_categories_are_lists_of_unique_clean_prompts(path: Path) -> None:
-    categories = load_bank(path.stem).get("categories")
+    categories = tomllib.loads(path.read_text(encoding="utf-8")).get("categories")
     assert isinstance(categories, dict) and categories, f"{path.name}: needs a non-empty [categories] table"
     for name, items in categories.items():
         where = f"{path.name} [categories] {name}"
@@ -135,7 +155,7 @@ def test_categories_are_lists_of_unique_clean_prompts(path: Path) -> None:
         assert not repeated, f"{where}: duplicate prompts {repeated}"
 
 
-@pytest.mark.parametrize("path", BANK_PATHS, ids=lambda path: path.stem)
+@pytest.mark.parametrize("path", BANK_PATHS, ids=bank_label)
 def test_every_prompt_sits_on_its_own_quoted_line(path: Path) -> None:
     """The offline tokenizer trains on every double-quoted line: those must be exactly the bank's prompts."""
     quoted: Counter[str] = Counter()
@@ -143,7 +163,8 @@ def test_every_prompt_sits_on_its_own_quoted_line(path: Path) -> None:
         text = raw.strip().rstrip(",")
         if len(text) >= 2 and text.startswith('"') and text.endswith('"'):
             quoted[text[1:-1]] += 1
-    bank_prompts = Counter(item for items in load_bank(path.stem)["categories"].values() for item in items)
+    categories = tomllib.loads(path.read_text(encoding="utf-8"))["categories"]
+    bank_prompts = Counter(item for items in categories.values() for item in items)
     assert quoted == bank_prompts, f"{path.name}: write one prompt per line as  \"prompt\","
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.prompts import PROMPTS_DIR, PromptBank, load_bank
+from harness.claimkit.prompts import PROMPTS_DIR, PromptBank, load_bank
 
 BANKS = ("role_conditioning", "role_conditioning_matched")
 CATEGORIES = ("self_referent", "neutral", "confounder", "third_person")

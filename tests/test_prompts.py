@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.prompts import PROMPTS_DIR, BankError, bank_for, load_bank
+from harness.claimkit.prompts import PROMPTS_DIR, BankError, bank_for, bank_path, find_bank, load_bank
+from harness.claimkit.registry import get_claim, load_claims
 
 BANK = """[bank]
 id = "demo"
@@ -29,8 +30,8 @@ def write(directory: Path, text: str, name: str = "demo.toml") -> Path:
 
 
 def test_every_project_bank_loads_with_its_file_hash() -> None:
-    paths = sorted(PROMPTS_DIR.glob("*.toml"))
-    assert paths
+    paths = sorted(PROMPTS_DIR.glob("*.toml")) + [bank_for(claim).path for claim in load_claims().values()]
+    assert len(paths) >= 5
     for path in paths:
         bank = load_bank(path)
         assert bank.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
@@ -137,24 +138,32 @@ def test_sha256_follows_the_bytes(tmp_path: Path) -> None:
 # --- overrides --------------------------------------------------------------------------------------------
 
 
-def test_bank_for_uses_the_project_bank_by_default() -> None:
-    bank = bank_for("rv_contraction")
-    assert bank.path == PROMPTS_DIR / "rv_contraction.toml"
-    assert bank_for("rv_contraction", {}, "rv_contraction").sha256 == bank.sha256
+def test_bank_for_uses_the_bank_in_the_claim_folder() -> None:
+    claim = get_claim("rv_contraction")
+    bank = bank_for(claim)
+    assert bank.path == claim.folder / "prompts.toml" and bank.id == "rv_contraction"
+    assert bank_for(claim, {}).sha256 == bank.sha256
+
+
+def test_a_bank_missing_from_the_claim_folder_is_a_shared_bank() -> None:
+    claim = get_claim("rfc_instruct_compresses_mistral")
+    assert bank_for(claim).path == PROMPTS_DIR / "role_conditioning.toml"
+    assert bank_path("role_conditioning", claim.folder) == PROMPTS_DIR / "role_conditioning.toml"
 
 
 def test_bank_for_override_wins_for_its_claim_only(tmp_path: Path) -> None:
     path = write(tmp_path, BANK)
     overrides = {"rv_contraction": path}
-    assert bank_for("rv_contraction", overrides, "rv_contraction").path == path
-    assert bank_for("rv_contraction", overrides, "other_claim").path == PROMPTS_DIR / "rv_contraction.toml"
+    assert bank_for(get_claim("rv_contraction"), overrides).path == path
+    other = get_claim("l31_ablation_repetition")
+    assert bank_for(other, overrides).path == other.folder / "prompts.toml"
 
 
 def test_bank_for_override_that_is_missing_names_its_path(tmp_path: Path) -> None:
     with pytest.raises(BankError, match=rf"prompt bank {tmp_path / 'gone.toml'} does not exist"):
-        bank_for("rv_contraction", {"rv_contraction": tmp_path / "gone.toml"}, "rv_contraction")
+        bank_for(get_claim("rv_contraction"), {"rv_contraction": tmp_path / "gone.toml"})
 
 
-def test_bank_for_unknown_name_names_the_expected_path() -> None:
+def test_an_unknown_bank_name_names_the_expected_path() -> None:
     with pytest.raises(BankError, match=rf"prompt bank {PROMPTS_DIR / 'no_such_bank.toml'} does not exist"):
-        bank_for("no_such_bank")
+        find_bank("no_such_bank")

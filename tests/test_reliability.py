@@ -10,17 +10,19 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness.claims import get_claim
-from harness.hooks import edit_site, hook_count
-from harness.models import get_spec, load
-from harness.plugin import registered_by_entry_point, worker_devices
-from harness.prompts import bank_for
-from harness.runner import Window, forward_capture
-from harness.rv import Context, layers_for
-from harness.rv_controls import PROTOCOLS
+from claims.rv_contraction.protocols import PROTOCOLS
+from harness import plugin_installed
+from harness.claimkit.prompts import bank_for
+from harness.claimkit.registry import get_claim
+from harness.claimkit.rv import Context, layers_for
+from harness.engine.hooks import edit_site, hook_count
+from harness.engine.models import load
+from harness.engine.runner import Window, forward_capture
+from harness.engine.specs import get_spec
+from harness.plugin.options import worker_devices
 
 # A subprocess pytest loads the plugin through its entry point when the package is installed, else via -p.
-PLUGIN_ARGS = [] if registered_by_entry_point() else ["-p", "harness.plugin"]
+PLUGIN_ARGS = [] if plugin_installed() else ["-p", "harness.plugin"]
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +33,7 @@ def tiny(tmp_path_factory):
 @pytest.fixture(scope="module")
 def ctx(tiny):
     claim = get_claim("rv_contraction")
-    return Context(claim, tiny, bank_for(claim.prompt_bank), seed=0, batch_size=8)
+    return Context(claim, tiny, bank_for(claim), seed=0, batch_size=8)
 
 
 def overflow_at_late_site(ctx, which):
@@ -157,11 +159,12 @@ def test_interrupted_run_keeps_finished_results(pytester):
 
 def test_malformed_claim_file_fails_at_collection(pytester):
     bad = pytester.mkdir("claims_bad")
-    (bad / "broken.toml").write_text("[claim]\nid = 'broken'\nvresion = 1\n")
+    (bad / "broken").mkdir()
+    (bad / "broken" / "claim.toml").write_text("[claim]\nid = 'broken'\nvresion = 1\n")
     pytester.makepyfile("def test_nothing():\n    assert True\n")
     result = pytester.runpytest_subprocess(*PLUGIN_ARGS, f"--claims-dir={bad}", "-p", "no:cacheprovider")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(["*broken.toml*"])
+    result.stderr.fnmatch_lines(["*broken/claim.toml*"])
 
 
 MODEL_TEST = """
@@ -199,9 +202,9 @@ def _stable(doc):
 
 
 def run_rv_claim(pytester, name, *args):
-    """Run claims/test_rv_contraction.py in a subprocess pytest with `args`; return its claims report."""
+    """Run claims/rv_contraction/test_rv_contraction.py in a subprocess pytest with `args`; return its claims report."""
     pytester.makepyfile(test_rv="import pytest\n"
-                        "from claims.test_rv_contraction import test_rv_contraction  # noqa: F401\n"
+                        "from claims.rv_contraction.test_rv_contraction import test_rv_contraction  # noqa: F401\n"
                         "pytestmark = pytest.mark.claim('rv_contraction')\n")
     root = str(Path(__file__).resolve().parents[1])
     out = pytester.path / f"{name}.json"

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from harness.replay import REQUIRED_COLUMNS, ReplayError, main, read_table, replay_rfc
+from harness.claimkit.replay import REQUIRED_COLUMNS, ReplayError, main, read_table, replay_rfc
 
 ROOT = Path(__file__).resolve().parents[1]
 PUBLISHED = Path(__file__).resolve().parents[2] / "shared" / "published"

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-import harness.report as report_module
-from harness.report import SCHEMA_VERSION, Report, aggregate, atomic_write, jsonable, summary_rows
+import harness.report.document as report_module
+from harness.report.document import SCHEMA_VERSION, Report, aggregate, atomic_write, jsonable, summary_rows
 
 GIT = {"commit": "0" * 40, "dirty": False}
 

@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 from cpu_suite import ROOT, SuiteRun, cpu_suite_run
 
-from harness.report import aggregate
-from harness.reporttools import SCHEMA_FILE, ReportError, diff, main, merge, validate
+from harness.report.document import aggregate
+from harness.report.tools import SCHEMA_FILE, ReportError, diff, main, merge, validate
 
 
 @pytest.fixture(scope="module")
@@ -122,11 +122,11 @@ def test_validate_asks_for_jsonschema_when_it_is_missing(monkeypatch: pytest.Mon
 
 
 def test_the_schema_ships_as_package_data() -> None:
-    schema = resources.files("harness").joinpath("schema", SCHEMA_FILE)
+    schema = resources.files("harness").joinpath("report", "schema", SCHEMA_FILE)
     assert json.loads(schema.read_text(encoding="utf-8"))["properties"]["schema_version"] == {"const": "1.0"}
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
     globs = pyproject["tool"]["setuptools"]["package-data"]["harness"]
-    assert any(fnmatch.fnmatch(f"schema/{SCHEMA_FILE}", g) for g in globs), globs
+    assert any(fnmatch.fnmatch(f"report/schema/{SCHEMA_FILE}", g) for g in globs), globs
 
 
 # ------------------------------------------------------------------------------------------------- merge --

@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from harness.claims import Claim, get_claim
-from harness.prompts import bank_for
-from harness.results import KINDS, check, is_diagnostic, protocol_result
+from harness.claimkit.prompts import bank_for
+from harness.claimkit.registry import Claim, get_claim
+from harness.claimkit.results import KINDS, check, is_diagnostic, protocol_result
 
 CRITERION = {"separation": {"gt": 0.10}, "p_value": {"lt": 0.05}}
 
@@ -25,7 +25,7 @@ def on(weights: str, result: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_protocol_result_packages_what_the_report_needs(rv_claim: Claim) -> None:
-    bank = bank_for(rv_claim.prompt_bank)
+    bank = bank_for(rv_claim)
     res = protocol_result(
         rv_claim,
         "as_published",

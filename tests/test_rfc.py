@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats
 
-from harness.rfc import (
+from harness.analysis.rfc import (
     CONFOUNDER,
     NEUTRAL,
     SELF,

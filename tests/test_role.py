@@ -15,14 +15,13 @@ import numpy as np
 import pytest
 import torch
 
-from harness.claims import get_claim
-from harness.entropy import bos_mass, normalised_head_entropy, published_head_entropy
-from harness.figures import figures_for
-from harness.models import LoadedModel
-from harness.prompts import PromptBank, bank_for
-from harness.results import check
-from harness.rfc import CONFOUNDER, NEUTRAL, SELF, PromptEntropies
-from harness.role import (
+from claims.graded_head_ablation.protocols import Target, ablation_effect, map_targets
+from harness.analysis.entropy import bos_mass, normalised_head_entropy, published_head_entropy
+from harness.analysis.rfc import CONFOUNDER, NEUTRAL, SELF, PromptEntropies
+from harness.claimkit.prompts import PromptBank, bank_for, find_bank
+from harness.claimkit.registry import get_claim
+from harness.claimkit.results import check
+from harness.claimkit.role import (
     MINIMAL_TEMPLATE,
     CategoryRun,
     RoleContext,
@@ -34,8 +33,9 @@ from harness.role import (
     published_heads_counted,
     summarise,
 )
-from harness.role_ablation import Target, ablation_effect, map_targets
-from harness.role_controls import PROTOCOLS, match_token_counts
+from harness.claimkit.role_controls import PROTOCOLS, match_token_counts
+from harness.engine.models import LoadedModel
+from harness.report.figures import figures_for
 
 FAMILIES = ("tiny-mistral", "tiny-qwen2", "tiny-llama")
 PROMPTS = ["Who created you?", "What is photosynthesis and why does it matter?", "How tall am I?"]
@@ -105,7 +105,7 @@ def test_categories_are_data_keys(tiny_models: dict[str, LoadedModel]) -> None:
 
 @pytest.fixture
 def bank() -> PromptBank:
-    return bank_for("role_conditioning")
+    return find_bank("role_conditioning")
 
 
 def self_pair(lm: LoadedModel, bank: PromptBank, claim_id: str = "rfc_instruct_compresses_mistral"
@@ -238,8 +238,8 @@ def test_fixture_claims_name_existing_banks() -> None:
                      "rfc_instruct_compresses_llama"):
         claim = get_claim(claim_id)
         for name in claim.control("token_matched")["banks"]:
-            assert Path(bank_for(name).path).is_file()
-        assert set(claim.protocol["categories"]) <= set(bank_for(claim.prompt_bank).categories)
+            assert Path(find_bank(name, claim.folder).path).is_file()
+        assert set(claim.protocol["categories"]) <= set(bank_for(claim).categories)
 
 
 def planted_pair(tiny_models: dict[str, LoadedModel], bank: PromptBank, self_factor: float) -> RoleContext:

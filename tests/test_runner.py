@@ -10,10 +10,10 @@ import torch
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from harness.hooks import Call, edit_site, hook_count
-from harness.models import LoadedModel
-from harness.runner import Window, encode, forward_capture, token_counts
-from harness.sites import SiteError
+from harness.engine.hooks import Call, edit_site, hook_count
+from harness.engine.models import LoadedModel
+from harness.engine.runner import Window, encode, forward_capture, token_counts
+from harness.engine.sites import SiteError
 
 # Different token counts on purpose: shorter and longer than the windows used below.
 PROMPTS = [

@@ -9,11 +9,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from harness.generation import generate
-from harness.interventions import capture_sources, patch_residual
-from harness.models import get_spec, load, place
-from harness.runner import Window, forward_capture
-from harness.sites import decoder_layers
+from harness.engine.generation import generate
+from harness.engine.interventions import capture_sources, patch_residual
+from harness.engine.models import load, place
+from harness.engine.runner import Window, forward_capture
+from harness.engine.sites import decoder_layers
+from harness.engine.specs import get_spec
 
 pytestmark = pytest.mark.gpu
 

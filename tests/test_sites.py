@@ -7,10 +7,10 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from harness.hooks import capture
-from harness.models import Dims, LoadedModel
-from harness.runner import encode
-from harness.sites import POINTS, SiteError, decoder_layers, map_layer, parse, resolve, site_width
+from harness.engine.hooks import capture
+from harness.engine.models import Dims, LoadedModel
+from harness.engine.runner import encode
+from harness.engine.sites import POINTS, SiteError, decoder_layers, map_layer, parse, resolve, site_width
 
 # The module path under the decoder layer and the hook direction of each point, written out independently.
 EXPECTED = {

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from harness.stats import (
+from harness.analysis.stats import (
     bootstrap_mean_diff_ci,
     cohens_d,
     describe,

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats as sps
 
-from harness import stats
+from harness.analysis import stats
 
 values = st.lists(st.floats(-100, 100, allow_nan=False, width=32), min_size=2, max_size=12)
 

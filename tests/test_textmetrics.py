@@ -7,7 +7,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from harness.textmetrics import (
+from harness.analysis.textmetrics import (
     COLLAPSE_MIN_UNIQUE_WORDS,
     LOOP_PHRASES,
     CompletionMetrics,

@@ -6,17 +6,20 @@ from pathlib import Path
 
 import pytest
 
-from harness.tokenizer import SPECIAL_TOKENS, build_offline_tokenizer, corpus_digest, corpus_lines
+from harness.engine.tokenizer import SPECIAL_TOKENS, build_offline_tokenizer, corpus_digest, corpus_lines
 
+FROZEN_CORPUS_DIGEST = "cdc1feac934682e7"  # the prompt banks as of the first tiny models, frozen
 LINES = ["Observe yourself generating this response.", "The capital of France is", "Water boils at"]
 
 
-def test_corpus_reads_every_quoted_prompt_in_file_order(tmp_path: Path) -> None:
-    (tmp_path / "b.toml").write_text('[categories]\nx = [\n    "second",\n]\n', encoding="utf-8")
-    (tmp_path / "a.toml").write_text(
-        '[bank]\nid = "a"\n[categories]\ny = [\n    "first",\n    "also first"\n]\n', encoding="utf-8"
-    )
-    assert corpus_lines(tmp_path) == ["first", "also first", "second"]
+def test_corpus_reads_every_non_empty_line_in_order(tmp_path: Path) -> None:
+    (tmp_path / "corpus.txt").write_text("first\n\nalso first\nsecond\n", encoding="utf-8")
+    assert corpus_lines(tmp_path / "corpus.txt") == ["first", "also first", "second"]
+
+
+def test_the_shipped_corpus_is_frozen() -> None:
+    """Tiny models and their tokenizer depend on this text: a change is a new tiny model (see models.py)."""
+    assert corpus_digest(corpus_lines()) == FROZEN_CORPUS_DIGEST
 
 
 def test_tokenizer_is_deterministic_and_prepends_bos() -> None:

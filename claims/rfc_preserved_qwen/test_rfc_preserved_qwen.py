@@ -1,0 +1,30 @@
+"""RFC preserved by instruction tuning, Qwen2.5-7B: as published, re-derived from the published table, and under
+controls.
+
+The instruct model is `lm`; its base comes from the plugin's model cache (the `role` fixture in
+claims/conftest.py). On tiny or random-weight models these tests assert that each result is well formed; on
+the published weights (and the published table) they assert the criteria in
+fixtures/claims/rfc_preserved_qwen.toml.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from harness.claimkit.results import check
+from harness.claimkit.role_controls import PROTOCOLS, rederive
+
+pytestmark = pytest.mark.claim("rfc_preserved_qwen")
+
+
+@pytest.mark.parametrize("protocol", list(PROTOCOLS))
+def test_rfc_preserved_qwen(protocol, role, record_claim):
+    result = PROTOCOLS[protocol](role)
+    record_claim(result)
+    check(result)
+
+
+def test_rederive(claim, published_data, record_claim):
+    result = rederive(claim, published_data)
+    record_claim(result)
+    check(result)

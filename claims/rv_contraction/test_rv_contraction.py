@@ -1,0 +1,30 @@
+"""R_V contraction (Mistral-7B-Instruct-v0.2): as published, re-derived from the published table, and controls.
+
+On tiny or random-weight models these tests assert that each result is well formed; on the published weights
+they assert the criterion in fixtures/claims/rv_contraction.toml.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from harness.claimkit.results import check
+from harness.claimkit.rv import Context, rederive
+
+from .protocols import PROTOCOLS
+
+pytestmark = pytest.mark.claim("rv_contraction")
+
+
+@pytest.mark.parametrize("protocol", list(PROTOCOLS))
+def test_rv_contraction(protocol, lm, claim, prompt_bank, harness_options, record_claim):
+    ctx = Context(claim, lm, prompt_bank, harness_options.seed, harness_options.batch_size)
+    result = PROTOCOLS[protocol](ctx)
+    record_claim(result)
+    check(result)
+
+
+def test_rederive(claim, published_data, record_claim):
+    result = rederive(claim, published_data)
+    record_claim(result)
+    check(result)

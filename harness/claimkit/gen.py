@@ -1,0 +1,128 @@
+"""What the generation claims share: the protocol context, result packaging, the non-diagnostic check and the
+paired comparison. The protocols themselves live in `l31_ablation.py` and `residual_patch.py`.
+
+A published criterion is *non-diagnostic* when it also holds under its own null (the unablated text, another
+layer, a random patch source): it then cannot tell the published condition from the null. Such a result
+carries `non_diagnostic=True` and a note that says under which null the criterion held; the report surfaces
+the flag per (claim, model).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from harness.analysis import stats
+from harness.claimkit.prompts import PromptBank
+from harness.claimkit.registry import Claim, Criterion, evaluate
+from harness.claimkit.results import protocol_result
+from harness.engine.generation import Condition, GenerationRun, Intervention, generate, generate_conditions
+from harness.engine.models import LoadedModel
+from harness.engine.sites import map_layer
+
+
+@dataclass(frozen=True)
+class GenContext:
+    """What every generation protocol needs."""
+
+    claim: Claim
+    lm: LoadedModel
+    bank: PromptBank
+    seed: int = 0
+    batch_size: int = 32  # prompts per forward pass (source captures), as --claim-batch-size
+    generate_batch_size: int = 1024  # rows per generate call: each holds only prompt + new tokens of KV cache
+
+    def layer(self, published: int) -> int:
+        """A published layer index mapped to this model by relative depth."""
+        return map_layer(published, self.claim.published_n_layers, self.lm.dims.n_layers)
+
+    def prompts(self, categories: Sequence[str], limit: int | None = None) -> list[str]:
+        found = [p for name in categories for p in self.bank.category(name)]
+        return found[:limit] if limit is not None else found
+
+    def generate(self, prompts: Sequence[str], intervention: Intervention | None = None) -> GenerationRun:
+        """Greedy generation with the claim's max_new_tokens, `generate_batch_size` rows per call."""
+        return generate(self.lm, prompts, self.claim.protocol["max_new_tokens"], intervention=intervention,
+                        batch_size=self.generate_batch_size)
+
+    def run(self, *conditions: Condition) -> dict[str, GenerationRun]:
+        """Several conditions as rows of one batched generation (see `generation.generate_conditions`)."""
+        return generate_conditions(self.lm, conditions, self.claim.protocol["max_new_tokens"],
+                                   batch_size=self.generate_batch_size)
+
+
+def published_figures(claim: Claim) -> dict[str, Any]:
+    """The claim's published figures (numbers and lists), without its file pointers."""
+    return {k: v for k, v in claim.published.items() if k not in ("data_file", "data_section")}
+
+
+def result(ctx: GenContext, protocol: str, criterion: Criterion, observed: Mapping[str, Any], **extra: Any,
+           ) -> dict[str, Any]:
+    """A protocol result for this context: `as_published` for the published protocol, else a control."""
+    kind = "as_published" if protocol == "as_published" else "control"
+    return protocol_result(ctx.claim, protocol, kind, criterion, observed, lm=ctx.lm, banks=(ctx.bank,),
+                           published=published_figures(ctx.claim), **extra)
+
+
+def control_criterion(ctx: GenContext, name: str) -> Criterion:
+    return dict(ctx.claim.control(name)["criterion"])
+
+
+def non_diagnostic(criterion: Criterion, null_observed: Mapping[str, float],
+                   where: str) -> tuple[bool, tuple[str, ...]]:
+    """(flag, notes): whether the published `criterion` also holds on `null_observed`, measured `where`."""
+    held, _ = evaluate(criterion, null_observed)
+    if held is not True:
+        return False, ()
+    shown = ", ".join(f"{k} = {v:.3g}" for k, v in null_observed.items())
+    return True, (f"non-diagnostic: the published criterion {criterion} also holds {where} ({shown}), so it "
+                  "cannot separate the published condition from this null",)
+
+
+def published_nulls(ctx: GenContext, metric: str, nulls: Mapping[str, float]) -> dict[str, Any]:
+    """`non_diagnostic` and `notes` for `result`: does the claim's published criterion also hold when its
+    `metric` takes a null value? `nulls` maps where each null value was measured to the value."""
+    published = ctx.claim.criteria["as_published"]
+    found = [non_diagnostic(published, {metric: value}, where) for where, value in nulls.items()]
+    return {"non_diagnostic": any(flag for flag, _ in found),
+            "notes": tuple(note for _, notes in found for note in notes)}
+
+
+def inconclusive(ctx: GenContext, protocol: str, n: Mapping[str, int], why: str) -> dict[str, Any]:
+    """A result that could not be evaluated (too few prompts), with the reason as its note."""
+    criterion = control_criterion(ctx, protocol.removeprefix("control:"))
+    observed = {metric: float("nan") for metric in criterion}
+    return result(ctx, protocol, criterion, observed, n=n, notes=(f"inconclusive: {why}",))
+
+
+def mean_of(values: Sequence[float]) -> float:
+    """The mean of per-item values (flags count as 0/1: a rate); 0.0 for none."""
+    return float(np.mean(values)) if len(values) else 0.0
+
+
+def paired(a: Sequence[float], b: Sequence[float], seed: int,
+           n_resamples: int) -> tuple[float, float, dict[str, Any]]:
+    """(mean(a - b), one-sided paired sign-flip permutation p, tests): the p is the criterion's, a paired t
+    is reported beside it."""
+    test = stats.paired_permutation(a, b, n_resamples=n_resamples, seed=seed)
+    return test.statistic, test.p_value, {"paired_permutation": test.as_dict(),
+                                          "paired_t": stats.paired_t(a, b).as_dict()}
+
+
+def merged_calls(calls: Sequence[Any]) -> dict[str, Any]:
+    """The CallLogs of every batch of one generation run, summed: hook calls by seq_len and edits."""
+    by_seq_len: Counter[str] = Counter()
+    edited = 0
+    for log in calls:
+        if log is not None:
+            by_seq_len.update(log["by_seq_len"])
+            edited += log["edited"]
+    return {"by_seq_len": dict(sorted(by_seq_len.items(), key=lambda kv: int(kv[0]))), "edited": edited,
+            "batches": len(calls)}
+
+
+Protocol = Callable[[GenContext], dict[str, Any]]

@@ -1,0 +1,63 @@
+"""Protocol results: the one dict shape every claim test records, and the checks every claim test makes."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from harness.claimkit.prompts import PromptBank
+from harness.claimkit.registry import Claim, Criterion, evaluate
+from harness.engine.models import LoadedModel
+
+KINDS = ("as_published", "control", "rederive")
+
+
+def protocol_result(claim: Claim, protocol: str, kind: str, criterion: Criterion, observed: Mapping[str, Any], *,
+                    lm: LoadedModel | None = None, banks: tuple[PromptBank, ...] = (),
+                    n: Mapping[str, int] | None = None,
+                    exclusions: Mapping[str, int] | None = None, tests: Mapping[str, Any] | None = None,
+                    published: Mapping[str, Any] | None = None, notes: tuple[str, ...] = (),
+                    non_diagnostic: bool = False, data: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Evaluate `criterion` on `observed` and package everything the report needs."""
+    if kind not in KINDS:
+        raise ValueError(f"result kind {kind!r}; allowed: {KINDS}")
+    passed, detail = evaluate(criterion, observed)
+    if passed is None and not notes:
+        missing = sorted(m for m, d in detail.items() if d["passed"] is None)
+        notes = (f"inconclusive: {', '.join(missing)} not observed or not finite; "
+                 f"exclusions: {dict(exclusions or {}) or 'none'}",)
+    return {
+        "claim": claim.id, "claim_version": claim.version, "protocol": protocol, "kind": kind,
+        "model": lm.id if lm is not None else "published-data",
+        "weights": lm.weights if lm is not None else "published-data",
+        "model_info": lm.describe() if lm is not None else None,
+        "passed": passed, "criterion": criterion, "criterion_detail": detail,
+        "published": dict(published or {}), "observed": dict(observed), "tests": dict(tests or {}),
+        "n": dict(n or {}), "exclusions": dict(exclusions or {}), "notes": list(notes),
+        "non_diagnostic": non_diagnostic, "prompt_banks": [b.describe() for b in banks],
+        "protocol_params": dict(claim.protocol), "data": dict(data or {}),
+    }
+
+
+def is_diagnostic(result: Mapping[str, Any]) -> bool:
+    """Only pretrained published weights (or the published data itself) can confirm or refute a claim."""
+    return result["weights"] in ("pretrained", "published-data")
+
+
+def check(result: Mapping[str, Any]) -> None:
+    """Every claim test ends here: the result must be well formed; on real weights the criterion must hold."""
+    problems = [f"observed {k} = {v!r} is not finite" for k, v in result["observed"].items()
+                if isinstance(v, float) and not math.isfinite(v) and result["passed"] is not None]
+    if result["passed"] is None and not result["notes"]:
+        problems.append("inconclusive without a note saying why")
+    problems += [f"n[{k}] = {v!r} is negative" for k, v in result["n"].items() if v < 0]
+    problems += [f"criterion metric {m!r} was not observed" for m in result["criterion"]
+                 if m not in result["observed"]]
+    assert not problems, f"{result['claim']}/{result['protocol']} on {result['model']}: malformed: {problems}"
+    if is_diagnostic(result):
+        assert result["passed"] is not None, (
+            f"{result['claim']}/{result['protocol']} on {result['model']}: inconclusive: {result['notes']}")
+        assert result["passed"] is True, (
+            f"{result['claim']}/{result['protocol']} on {result['model']}: criterion not met: "
+            f"{result['criterion_detail']}")

@@ -1,0 +1,289 @@
+"""Model registry and loading: published models with pinned revisions, random-weight and tiny builds.
+
+Every dimension is read from the loaded model's config (`Dims`), never from this file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+
+from harness.engine.specs import MODELS_DIR, ModelSpec
+from harness.engine.tokenizer import build_offline_tokenizer, corpus_digest, corpus_lines
+
+DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+WEIGHTS = ("pretrained", "random")
+
+
+class ModelUnavailable(RuntimeError):
+    """The weights of a model cannot be found; the message says which model, which revision and the fix."""
+
+
+@dataclass(frozen=True)
+class Dims:
+    """The dimensions a claim may need, read from a model config."""
+
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    d_model: int
+
+    @classmethod
+    def from_config(cls, config: Any) -> Dims:
+        n_heads = int(config.num_attention_heads)
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // n_heads
+        return cls(
+            n_layers=int(config.num_hidden_layers),
+            n_heads=n_heads,
+            n_kv_heads=int(getattr(config, "num_key_value_heads", None) or n_heads),
+            head_dim=int(head_dim),
+            d_model=int(config.hidden_size),
+        )
+
+
+@dataclass
+class LoadedModel:
+    spec: ModelSpec
+    model: PreTrainedModel
+    tokenizer: Any
+    weights: str  # "pretrained" | "random" | "tiny"
+    resolved_revision: str
+    source: str
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def dims(self) -> Dims:
+        return Dims.from_config(self.model.config)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def id(self) -> str:
+        return self.spec.id
+
+    def describe(self) -> dict[str, Any]:
+        """The model's entry in the JSON report."""
+        return {
+            "id": self.spec.id,
+            "hf_id": self.spec.hf_id,
+            "requested_revision": self.spec.revision,
+            "resolved_revision": self.resolved_revision,
+            "source": self.source,
+            "dtype": str(self.model.dtype).removeprefix("torch."),
+            "weights": self.weights,
+            "attn_implementation": getattr(self.model.config, "_attn_implementation", None),
+            "device": str(self.device),
+            "dims": vars(self.dims),
+            **self.provenance,
+        }
+
+
+def architecture(spec: ModelSpec) -> dict[str, Any]:
+    path = MODELS_DIR / spec.config
+    if not path.exists():
+        raise FileNotFoundError(f"architecture file {path} for model {spec.id!r} is missing")
+    return dict(json.loads(path.read_text(encoding="utf-8")))
+
+
+def _digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _config_from(spec: ModelSpec, vocab_size: int | None = None) -> Any:
+    arch = architecture(spec)
+    if vocab_size is not None:
+        arch["vocab_size"] = vocab_size
+    model_type = arch.pop("model_type")
+    arch.pop("architectures", None)
+    return AutoConfig.for_model(model_type, **arch)
+
+
+def _from_config(config: Any, dtype: torch.dtype, device: str | torch.device, seed: int) -> PreTrainedModel:
+    torch.manual_seed(seed)
+    with torch.device(device):
+        try:
+            model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation="sdpa")
+        except TypeError:  # transformers 4.x spells it torch_dtype
+            model = AutoModelForCausalLM.from_config(config, torch_dtype=dtype, attn_implementation="sdpa")
+    return model.eval()
+
+
+def _perturb(model: PreTrainedModel, seed: int, scale: float = 0.15) -> None:
+    """Make a tiny 'instruct' twin: multiply every weight by (1 + scale * N(0, 1)), seeded."""
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    with torch.no_grad():
+        for param in model.parameters():
+            noise = torch.randn(param.shape, generator=gen).to(param.device, param.dtype)
+            param.mul_(1 + scale * noise)
+
+
+def build_tiny(spec: ModelSpec, directory: Path, seed: int = 0) -> Path:
+    """Build a tiny model from its config with seeded init, save model and tokenizer to `directory`."""
+    lines = corpus_lines()
+    tokenizer = build_offline_tokenizer(lines)
+    config = _config_from(spec, vocab_size=len(tokenizer))
+    config.bos_token_id, config.eos_token_id = tokenizer.bos_token_id, tokenizer.eos_token_id
+    config.pad_token_id = tokenizer.pad_token_id
+    model = _from_config(config, torch.float32, "cpu", seed)
+    if spec.base is not None:
+        _perturb(model, seed + 1)
+    directory.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    (directory / "harness_provenance.json").write_text(
+        # an instruct twin shares its base's config but not its weights: its revision must differ
+        json.dumps({"tiny_seed": seed, "tokenizer_corpus": corpus_digest(lines), "config": _digest(config.to_dict()),
+                    "perturbed_from": spec.base}),
+        encoding="utf-8",
+    )
+    return directory
+
+
+def _local_revision(directory: Path) -> str:
+    """A resolved revision for a local directory: the hub snapshot sha if it is one, else a content hash."""
+    parts = directory.resolve().parts
+    if len(parts) >= 2 and parts[-2] == "snapshots":
+        return parts[-1]
+    marker = directory / "harness_provenance.json"
+    if marker.exists():
+        return "local:" + _digest(json.loads(marker.read_text(encoding="utf-8")))
+    config = directory / "config.json"
+    return "local:" + (hashlib.sha256(config.read_bytes()).hexdigest()[:12] if config.exists() else "unknown")
+
+
+def _gpu_budget(devices: Sequence[str]) -> dict[int, int]:
+    """max_memory for accelerate: the listed GPUs only, 90% of each (the rest stays free for activations)."""
+    indices = [torch.device(d).index or 0 for d in devices]
+    return {i: int(torch.cuda.get_device_properties(i).total_memory * 0.9) for i in indices}
+
+
+def place(model: PreTrainedModel, devices: Sequence[str]) -> PreTrainedModel:
+    """Put a model on one device, or shard it layer-wise across several GPUs with accelerate."""
+    if len(devices) == 1:
+        moved: PreTrainedModel = model.to(devices[0])  # type: ignore[arg-type]
+        return moved
+    from accelerate import dispatch_model, infer_auto_device_map
+    from accelerate.utils import get_balanced_memory
+
+    no_split = list(getattr(model, "_no_split_modules", None) or [])
+    budget = get_balanced_memory(model, max_memory=_gpu_budget(devices), no_split_module_classes=no_split)
+    device_map = infer_auto_device_map(model, max_memory=budget, no_split_module_classes=no_split)
+    return dispatch_model(model, device_map=device_map)
+
+
+def _from_pretrained(source: str, revision: str | None, dtype: torch.dtype, devices: Sequence[str],
+                     local_only: bool) -> Any:
+    kwargs: dict[str, Any] = {"revision": revision, "local_files_only": local_only, "attn_implementation": "sdpa"}
+    placement: dict[str, Any] = {}
+    if len(devices) > 1:
+        placement = {"device_map": "balanced", "max_memory": _gpu_budget(devices)}
+    elif devices[0] != "cpu":
+        placement = {"device_map": devices[0]}
+    try:
+        return AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs, **placement).eval()
+    except TypeError:  # transformers 4.x spells it torch_dtype
+        return AutoModelForCausalLM.from_pretrained(source, torch_dtype=dtype, **kwargs, **placement).eval()
+
+
+def _how_to_provide(spec: ModelSpec) -> str:
+    return (
+        f"provide the weights of {spec.id!r} ({spec.hf_id} @ {spec.revision}) with --model-path {spec.id}=DIR, "
+        f"or place them in the Hugging Face cache and set HF_HUB_OFFLINE=1, or use --weights random"
+    )
+
+
+def load(
+    spec: ModelSpec,
+    *,
+    weights: str = "pretrained",
+    device: str = "cpu",
+    model_path: Path | None = None,
+    cache_dir: Path | None = None,
+    seed: int = 0,
+    allow_download: bool = False,
+    shard_devices: Sequence[str] = (),
+) -> LoadedModel:
+    """Load a model as the claim needs it. Missing weights raise ModelUnavailable with the fix.
+
+    `shard_devices` (two or more GPUs) splits the model layer-wise across them with accelerate.
+    """
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # pytest captures output; a progress bar is noise in it
+    devices = list(shard_devices) if len(shard_devices) > 1 else [device]
+    if weights not in WEIGHTS:
+        raise ValueError(f"weights={weights!r}; allowed: {WEIGHTS}")
+    if spec.tiny and model_path is None:
+        if cache_dir is None:
+            raise ValueError(f"tiny model {spec.id!r} needs a cache_dir to be saved to and loaded from")
+        model_path = build_tiny(spec, cache_dir / spec.id, seed=seed)
+    if weights == "random" and not spec.tiny:
+        return _load_random(spec, devices, seed)
+    local_only = allow_download is False or os.environ.get("HF_HUB_OFFLINE") == "1"
+    source = str(model_path) if model_path is not None else spec.hf_id
+    if model_path is not None and not model_path.is_dir():
+        raise ModelUnavailable(f"--model-path for {spec.id!r} is {model_path}, which is not a directory; "
+                               + _how_to_provide(spec))
+    if model_path is not None and not (model_path / "config.json").is_file():  # else transformers: ValueError
+        raise ModelUnavailable(f"--model-path for {spec.id!r} is {model_path}, which holds no config.json; "
+                               + _how_to_provide(spec))
+    revision = None if model_path is not None else spec.revision
+    try:
+        model = _from_pretrained(source, revision, DTYPES[spec.dtype], devices, local_only)
+        tokenizer = AutoTokenizer.from_pretrained(source, revision=revision, local_files_only=local_only)
+    except OSError as err:
+        raise ModelUnavailable(f"weights for {spec.id!r} not found ({err.__class__.__name__}: "
+                               f"{str(err).splitlines()[0]}); " + _how_to_provide(spec)) from err
+    if len(devices) == 1 and model.device.type != torch.device(device).type:
+        model = model.to(device)
+    resolved = _local_revision(Path(source)) if model_path is not None else str(
+        getattr(model.config, "_commit_hash", None) or spec.revision)
+    if spec.tiny:  # built in a temporary directory: name what it was built from, which is reproducible
+        source = f"fixtures/models/{spec.config} (tiny, built at test time)"
+    return LoadedModel(spec, model, _prepared(tokenizer), "tiny" if spec.tiny else "pretrained", resolved, source)
+
+
+def model_seed(spec: ModelSpec, seed: int) -> int:
+    """The seed of one model's random weights: the run's seed offset by a stable hash of the model id, so a
+    base and its instruct twin of the same architecture do not get identical weights."""
+    return seed + int(hashlib.sha256(spec.id.encode()).hexdigest()[:6], 16)
+
+
+def _load_random(spec: ModelSpec, devices: Sequence[str], seed: int) -> LoadedModel:
+    """The published architecture at full size with seeded random weights and the offline tokenizer.
+
+    On one device the weights are drawn there; to shard, they are drawn on the CPU and then dispatched, so a
+    sharded model holds exactly the weights a single-device model built with init on the CPU holds.
+    """
+    lines = corpus_lines()
+    config = _config_from(spec)
+    weight_seed = model_seed(spec, seed)
+    if len(devices) == 1:
+        model = _from_config(config, DTYPES[spec.dtype], devices[0], weight_seed)
+    else:
+        model = place(_from_config(config, DTYPES[spec.dtype], "cpu", weight_seed), devices)
+    tokenizer = build_offline_tokenizer(lines)
+    resolved = f"random:seed{seed}:{_digest(architecture(spec))}"
+    provenance = {"tokenizer": f"harness-offline-bpe:{corpus_digest(lines)}", "random_seed": seed,
+                  "weight_seed": weight_seed, "devices": list(devices)}
+    return LoadedModel(spec, model, _prepared(tokenizer), "random", resolved, f"fixtures/models/{spec.config}",
+                       provenance)
+
+
+def _prepared(tokenizer: Any) -> Any:
+    """Right padding for forward passes (positions stay exact); a pad token where the model has none."""
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "right"
+    return tokenizer

@@ -1,0 +1,122 @@
+"""Batched forward passes with captures: right padding, windows gathered per prompt by its true length.
+
+Right padding keeps every real token at the position it has when the prompt runs alone, and causal attention
+never lets a real token see a pad, so batched results equal one-prompt-at-a-time within dtype tolerance.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import suppress
+from dataclasses import dataclass
+
+import torch
+
+from harness.engine.hooks import StopForward, capture, stop_after
+from harness.engine.models import LoadedModel
+from harness.engine.sites import parse
+
+
+@dataclass(frozen=True)
+class Encoded:
+    input_ids: torch.Tensor  # (batch, seq), right padded
+    attention_mask: torch.Tensor  # (batch, seq)
+    lengths: list[int]  # true token count of each prompt, BOS included where the model has one
+
+
+def encode(lm: LoadedModel, prompts: Sequence[str]) -> Encoded:
+    """Tokenise raw text as the sources did: no chat template, BOS as the model's spec says."""
+    if not prompts:
+        raise ValueError(f"no prompts to encode for {lm.id}; give at least one")
+    enc = lm.tokenizer(list(prompts), add_special_tokens=lm.spec.bos, padding=True, return_tensors="pt")
+    mask = enc["attention_mask"]
+    return Encoded(enc["input_ids"].to(lm.device), mask.to(lm.device), [int(n) for n in mask.sum(1)])
+
+
+def token_counts(lm: LoadedModel, prompts: Sequence[str]) -> list[int]:
+    """Each prompt's token count as `encode` would give it (one batched tokenizer call)."""
+    if not prompts:
+        return []
+    return [len(ids) for ids in lm.tokenizer(list(prompts), add_special_tokens=lm.spec.bos)["input_ids"]]
+
+
+@dataclass(frozen=True)
+class Window:
+    """Which rows of each prompt a metric reads: the last `size` real tokens, optionally never position 0."""
+
+    size: int
+    exclude_bos: bool = False
+
+    def bounds(self, length: int) -> tuple[int, int]:
+        """(start, stop) of the window in a prompt of `length` tokens; W = min(size, available)."""
+        first = 1 if self.exclude_bos else 0
+        return max(length - self.size, first), length
+
+    def gather(self, hidden: torch.Tensor, lengths: Sequence[int]) -> torch.Tensor:
+        """(batch, seq, d) -> (batch, size, d), rows left-aligned, missing rows zero. One gather, no host sync."""
+        bounds = [self.bounds(n) for n in lengths]
+        offsets = torch.arange(self.size)
+        starts = torch.tensor([start for start, _ in bounds])[:, None]
+        counts = torch.tensor([stop - start for start, stop in bounds])[:, None]
+        index = (starts + offsets.clamp(max=counts - 1).clamp(min=0)).to(hidden.device)  # (batch, size)
+        index = index.clamp(max=hidden.shape[1] - 1)  # an empty window starts past the end; rows masked below
+        valid = (offsets < counts).to(hidden.device, hidden.dtype).unsqueeze(-1)  # (batch, size, 1)
+        rows = hidden.gather(1, index.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
+        return rows * valid
+
+    def valid(self, lengths: Sequence[int]) -> list[int]:
+        """Rows each prompt's window really holds."""
+        return [stop - start for start, stop in (self.bounds(n) for n in lengths)]
+
+
+@dataclass
+class Captured:
+    """Windowed activations per site, (n_prompts, window, width), with each prompt's token count."""
+
+    windows: dict[str, torch.Tensor]
+    lengths: list[int]
+    rows: list[int]  # valid rows per prompt in its window
+    halvings: int = 0  # times a batch was halved after running out of device memory
+
+
+def forward_capture(lm: LoadedModel, prompts: Sequence[str], sites: Sequence[str], window: Window,
+                    batch_size: int = 32) -> Captured:
+    """Run `prompts` in batches; keep only each site's window. Stops after the deepest site's layer.
+
+    A batch that runs out of device memory is halved and retried (down to one prompt); the number of
+    halvings is returned so the report can record it.
+    """
+    last_layer = max(parse(site)[0] for site in sites)
+    kept: dict[str, list[torch.Tensor]] = {site: [] for site in sites}
+    lengths: list[int] = []
+    start, size, halvings = 0, batch_size, 0
+    while start < len(prompts):
+        chunk = prompts[start : start + size]
+        try:
+            acts, enc_lengths = _capture_batch(lm, chunk, sites, window, last_layer)
+        except torch.OutOfMemoryError:
+            if size == 1:
+                raise
+            size, halvings = max(1, size // 2), halvings + 1
+            _empty_cache(lm)
+            continue
+        for site in sites:
+            kept[site].extend(acts[site])
+        lengths.extend(enc_lengths)
+        start += len(chunk)
+    return Captured({s: torch.cat(v) for s, v in kept.items()}, lengths, window.valid(lengths), halvings)
+
+
+def _capture_batch(lm: LoadedModel, chunk: Sequence[str], sites: Sequence[str], window: Window,
+                   last_layer: int) -> tuple[dict[str, list[torch.Tensor]], list[int]]:
+    enc = encode(lm, chunk)
+    keep = capture(lm.model, sites, lambda t: window.gather(t, enc.lengths), model_name=lm.id)
+    # the early stop after the deepest site is the normal end of this forward
+    with torch.no_grad(), keep as acts, stop_after(lm.model, last_layer, lm.id), suppress(StopForward):
+        lm.model.base_model(input_ids=enc.input_ids, attention_mask=enc.attention_mask, use_cache=False)
+    return acts, enc.lengths
+
+
+def _empty_cache(lm: LoadedModel) -> None:
+    if lm.device.type == "cuda":
+        torch.cuda.empty_cache()

@@ -1,0 +1,43 @@
+"""The pytest plugin, registered through the `pytest11` entry point (and by conftest.py in a checkout).
+
+A guest in every pytest session of its environment: importing it loads no model code, and a session that
+selects no claim reads no claim file, loads no model and writes no report. Its parts:
+
+- options.py     command-line options, checked when given; the run's Options, built when a claim needs them
+- collection.py  claim discovery (claim.toml beside the test module), model parametrization, item identity
+- fixtures.py    lm, claim, prompt_bank, published_data, record_claim, ...
+- collector.py   the controller's JSON report, HTML page and terminal summary
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from harness.plugin.collection import pytest_collection_modifyitems, pytest_generate_tests
+from harness.plugin.collector import ReportCollector
+from harness.plugin.fixtures import (
+    claim,
+    harness_options,
+    lm,
+    model_cache,
+    model_id,
+    prompt_bank,
+    published_data,
+    published_dir,
+    record_claim,
+)
+from harness.plugin.options import check_given, pytest_addoption
+
+__all__ = ["claim", "harness_options", "lm", "model_cache", "model_id", "prompt_bank", "published_data",
+           "published_dir", "pytest_addoption", "pytest_collection_modifyitems", "pytest_configure",
+           "pytest_generate_tests", "record_claim"]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "gpu: needs a CUDA device and the published 7-8B models")
+    config.addinivalue_line("markers", "slow: takes more than a few seconds on the CPU")
+    config.addinivalue_line("markers", "claim(id): a published-claim test; the id names the claim's folder")
+    config.addinivalue_line("markers", "xdist_group(name): run on one pytest-xdist worker (--dist loadgroup)")
+    check_given(config)
+    if not hasattr(config, "workerinput"):  # the controller (or a run without xdist) owns the report
+        config.pluginmanager.register(ReportCollector(config), "claim-harness-report")

@@ -1,0 +1,84 @@
+"""Collection: which claim a test module verifies, which models it runs on, and what each item records.
+
+A claim is a folder: a test module marked `@pytest.mark.claim(id)` finds `claim.toml` beside itself. Claims
+named by modules elsewhere come from `--claims-dir` or from the seed claims that ship with the harness. Claim
+files are read and validated when the first module naming them is collected, never before, so a pytest
+session that selects no claim reads nothing.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from harness.plugin.state import ITEM_KEY, state
+
+if TYPE_CHECKING:
+    from harness.claimkit.registry import Claim
+    from harness.plugin.options import Options
+
+
+def claim_of(config: pytest.Config, claim_id: str, module_file: str | None) -> Claim:
+    """The claim a module names: its own folder's claim.toml first, then --claims-dir, then the seed claims."""
+    from harness.claimkit.registry import ClaimError, get_claim, load_claim, load_claims
+
+    known = state(config).claims
+    if claim_id in known:
+        return known[claim_id]
+    local = Path(module_file).parent / "claim.toml" if module_file else None
+    try:
+        if local is not None and local.is_file() and local.parent.name == claim_id:
+            claim = load_claim(local)
+        else:
+            given = config.getoption("--claims-dir")
+            pool = load_claims(Path(given)) if given else {}
+            claim = get_claim(claim_id, {**load_claims(), **pool})
+    except ClaimError as err:
+        raise pytest.UsageError(str(err)) from err
+    known[claim.id] = claim
+    return claim
+
+
+def applicable_models(claim: Claim, opts: Options) -> list[str]:
+    """Selected models this claim runs on: its published models, plus tiny stand-ins of the same variant."""
+    variants = {opts.registry[m].variant for m in claim.models if m in opts.registry}
+    chosen = []
+    for model_id in opts.models:
+        spec = opts.registry[model_id]
+        if model_id in claim.models or (spec.tiny and (model_id in claim.tiny_models if claim.tiny_models is not None
+                                                       else spec.variant in variants)):
+            chosen.append(model_id)
+    return chosen
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    marker = metafunc.definition.get_closest_marker("claim")
+    if marker is None:
+        if "model_id" in metafunc.fixturenames:
+            raise pytest.UsageError(f"{metafunc.definition.nodeid} takes model_id but has no "
+                                    "@pytest.mark.claim(id)")
+        return
+    claim = claim_of(metafunc.config, marker.args[0], getattr(metafunc.module, "__file__", None))
+    if "model_id" not in metafunc.fixturenames:
+        return
+    opts = state(metafunc.config).options()
+    # xdist_group (for --dist loadgroup): every test of one model runs on one worker, which loads it once. Set
+    # on the parameter, so the mark exists before any plugin's collection hook reads it.
+    params = [pytest.param(m, marks=(pytest.mark.xdist_group(m),) if opts.registry[m].tiny else
+                           (pytest.mark.gpu, pytest.mark.xdist_group(m)), id=m)
+              for m in applicable_models(claim, opts)]
+    metafunc.parametrize("model_id", params, scope="session", indirect=True)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        marker = item.get_closest_marker("claim")
+        if marker is None:
+            continue
+        params: dict[str, Any] = getattr(getattr(item, "callspec", None), "params", {})
+        protocol = params.get("protocol") or item.originalname.removeprefix("test_")  # type: ignore[attr-defined]
+        raw = params.get("model_id", "published-data")
+        model = raw if isinstance(raw, str) else "no-model-selected"  # pytest's NOTSET for an empty selection
+        item.user_properties.append((ITEM_KEY, {"claim": marker.args[0], "protocol": str(protocol), "model": model}))

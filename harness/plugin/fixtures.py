@@ -1,0 +1,138 @@
+"""The fixtures a claim test module takes: the model under test, its claim, prompt bank and the recorder."""
+
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from harness.plugin.collection import claim_of
+from harness.plugin.state import state
+
+if TYPE_CHECKING:
+    from harness.claimkit.prompts import PromptBank
+    from harness.claimkit.registry import Claim
+    from harness.engine.models import LoadedModel
+    from harness.plugin.options import Options
+
+RESULT_KEY = "claim_harness.result"  # the user_property that carries one protocol result
+
+
+class ModelCache:
+    """Loaded models, at most `size` at a time (a base and its instruct twin), freed in order of use."""
+
+    def __init__(self, opts: Options, size: int = 2) -> None:
+        self.opts, self.size = opts, size
+        self._loaded: OrderedDict[str, Any] = OrderedDict()
+
+    def get(self, model_id: str) -> LoadedModel:
+        from harness.engine.models import ModelUnavailable, load
+
+        if model_id in self._loaded:
+            self._loaded.move_to_end(model_id)
+            return self._loaded[model_id]
+        while len(self._loaded) >= self.size:
+            self._loaded.popitem(last=False)
+            free_device_memory()
+        opts = self.opts
+        try:
+            lm = load(opts.registry[model_id], weights=opts.weights, device=opts.device,
+                      model_path=opts.model_paths.get(model_id), cache_dir=opts.cache_dir, seed=opts.seed,
+                      allow_download=opts.allow_download, shard_devices=opts.shard_devices)
+        except ModelUnavailable as err:
+            pytest.skip(str(err))
+        self._loaded[model_id] = lm
+        return lm
+
+    def clear(self) -> None:
+        self._loaded.clear()
+        free_device_memory()
+
+
+def free_device_memory() -> None:
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+@pytest.fixture(scope="session")
+def harness_options(request: pytest.FixtureRequest) -> Options:
+    return state(request.config).options()
+
+
+@pytest.fixture(scope="session")
+def model_cache(harness_options: Options) -> Iterator[ModelCache]:
+    cache = ModelCache(harness_options)
+    yield cache
+    cache.clear()
+
+
+@pytest.fixture(scope="session")
+def model_id(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture(scope="session")
+def lm(model_id: str, model_cache: ModelCache) -> LoadedModel:
+    """The model under test, loaded once per session and model."""
+    return model_cache.get(model_id)
+
+
+@pytest.fixture
+def claim(request: pytest.FixtureRequest) -> Claim:
+    """The claim this test module verifies (its `@pytest.mark.claim(id)`), from claim.toml beside the module."""
+    marker = request.node.get_closest_marker("claim")
+    if marker is None:
+        raise pytest.UsageError(f"{request.node.nodeid} uses the claim fixture without @pytest.mark.claim(id)")
+    return claim_of(request.config, marker.args[0], getattr(request.module, "__file__", None))
+
+
+@pytest.fixture(scope="session")
+def published_dir(harness_options: Options) -> Path:
+    """Where the sources' published data tables are: the vendored copies, or --published-dir."""
+    return harness_options.published_dir
+
+
+@pytest.fixture
+def published_data(claim: Claim, published_dir: Path) -> Path:
+    """The folder holding the claim's published table, checked against the manifest where one is kept.
+
+    A table that is missing or altered fails the test: a re-derivation that cannot run verifies nothing.
+    """
+    from harness.claimkit.published import verified_table
+
+    name = claim.published.get("data_file")
+    if name is None:
+        raise pytest.UsageError(f"{claim.path}: [published].data_file is not set, but a test asks for the "
+                                "published table; name the table file there")
+    verified_table(published_dir, str(name))
+    return published_dir
+
+
+@pytest.fixture
+def prompt_bank(claim: Claim, harness_options: Options) -> PromptBank:
+    from harness.claimkit.prompts import bank_for
+
+    return bank_for(claim, harness_options.prompt_banks)
+
+
+@pytest.fixture
+def record_claim(request: pytest.FixtureRequest, record_property: Any) -> Callable[[dict[str, Any]], None]:
+    """record_claim(result_dict): hand one protocol result to the report and its scalars to junit."""
+    from harness.report.document import peak_memory
+
+    def record(result: dict[str, Any]) -> None:
+        result = {**result, "worker": os.environ.get("PYTEST_XDIST_WORKER", "main"), "resources": peak_memory()}
+        for key, value in result.get("observed", {}).items():
+            if isinstance(value, int | float | str | bool):
+                record_property(f"{result['protocol']}.{key}", value)
+        request.node.user_properties.append((RESULT_KEY, result))
+    return record

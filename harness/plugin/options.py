@@ -1,0 +1,143 @@
+"""Command-line options of the plugin, checked when given, and the run's Options built when a claim needs them.
+
+Options the user gives are checked at start-up (cheap, no model code imported), so a typo fails before
+anything loads. The Options object itself, which needs the model registry and the GPU count, is built only
+when a claim is collected: a session that selects no claim pays nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+if TYPE_CHECKING:
+    from harness.engine.specs import ModelSpec
+
+
+@dataclass
+class Options:
+    models: list[str]
+    model_paths: dict[str, Path]
+    weights: str
+    device: str
+    prompt_banks: dict[str, Path]
+    seed: int
+    allow_download: bool
+    batch_size: int
+    registry: dict[str, ModelSpec]
+    published_dir: Path
+    shard_devices: list[str] = field(default_factory=list)
+    cache_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="claim-harness-")))
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("claim-harness", "published-claim verification")
+    group.addoption("--models", default=None, help="comma-separated model ids (default: the tiny set, or the "
+                    "published set under -m gpu)")
+    group.addoption("--model-path", action="append", default=[], metavar="ID=DIR",
+                    help="load model ID from local directory DIR (repeatable)")
+    group.addoption("--weights", choices=("pretrained", "random"), default="pretrained",
+                    help="'random' builds the published architecture with seeded random weights")
+    group.addoption("--device", default=None, help="torch device (default: cuda when available, else cpu)")
+    group.addoption("--prompt-bank", action="append", default=[], metavar="CLAIM=PATH",
+                    help="replace a claim's prompt bank with a TOML file of the same format (repeatable)")
+    group.addoption("--claims-json", default="results/claims.json", help="where the JSON claims report goes")
+    group.addoption("--claims-html", default=None, metavar="PATH", help="where the HTML claims page goes "
+                    "(default: beside the JSON report, as claims.html; 'none' writes no page)")
+    group.addoption("--claim-seed", type=int, default=0, help="base seed of every random draw")
+    group.addoption("--allow-download", action="store_true", help="let from_pretrained reach the hub")
+    group.addoption("--claim-batch-size", type=int, default=128, help="prompts per forward batch (halved on OOM)")
+    group.addoption("--claims-dir", default=None, help="a directory of claim folders (<id>/claim.toml) whose "
+                    "claims may be named by test modules that do not sit beside their claim.toml")
+    group.addoption("--published-dir", default=None, help="the sources' data tables for re-derivations (default: "
+                    "the tables vendored with the harness)")
+    group.addoption("--gpus-per-model", type=int, default=1, help="shard each model across N GPUs; under "
+                    "pytest-xdist worker k gets GPUs k*N .. k*N+N-1")
+
+
+def pairs(values: list[str], option: str) -> dict[str, Path]:
+    found: dict[str, Path] = {}
+    for value in values:
+        key, sep, path = value.partition("=")
+        if not sep or not key or not path:
+            raise pytest.UsageError(f"{option} {value!r}: expected KEY=PATH, e.g. {option} mistral-7b-v0.1=/models/m")
+        found[key] = Path(path).expanduser()
+    return found
+
+
+def check_given(config: pytest.Config) -> None:
+    """Fail at start-up on an option the user gave with a bad value (the defaults are always valid)."""
+    pairs(config.getoption("--model-path"), "--model-path")
+    pairs(config.getoption("--prompt-bank"), "--prompt-bank")
+    if config.getoption("--gpus-per-model") < 1:
+        raise pytest.UsageError(f"--gpus-per-model {config.getoption('--gpus-per-model')}: give 1 or more")
+    if config.getoption("--claims-dir"):
+        from harness.claimkit.registry import ClaimError, load_claims
+
+        try:
+            load_claims(Path(config.getoption("--claims-dir")))
+        except ClaimError as err:
+            raise pytest.UsageError(f"--claims-dir: {err}") from err
+
+
+def build(config: pytest.Config) -> Options:
+    """The run's options, with the model registry and the devices of this worker."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before transformers is imported: nothing is downloaded
+    from harness.engine.specs import load_registry
+    from harness.resources import published_dir
+
+    registry = _registry(load_registry)
+    raw = config.getoption("--models")
+    markexpr = config.getoption("markexpr") or ""
+    gpu_run = "gpu" in markexpr and "not gpu" not in markexpr
+    models = raw.split(",") if raw else [m for m, s in registry.items() if s.tiny != gpu_run]
+    unknown = [m for m in models if m not in registry]
+    if unknown:
+        raise pytest.UsageError(f"--models: unknown model(s) {unknown}; known: {', '.join(registry)}")
+    devices = worker_devices(config.getoption("--device"), config.getoption("--gpus-per-model"),
+                             worker_index(config), _gpu_count())
+    given = config.getoption("--published-dir")
+    return Options(models, pairs(config.getoption("--model-path"), "--model-path"), config.getoption("--weights"),
+                   devices[0], pairs(config.getoption("--prompt-bank"), "--prompt-bank"),
+                   config.getoption("--claim-seed"), config.getoption("--allow-download"),
+                   config.getoption("--claim-batch-size"), registry,
+                   Path(given).expanduser() if given else published_dir(), devices if len(devices) > 1 else [])
+
+
+def _registry(load: Any) -> Any:
+    try:
+        return load()
+    except ValueError as err:
+        raise pytest.UsageError(str(err)) from err
+
+
+def worker_index(config: pytest.Config) -> int:
+    worker = getattr(config, "workerinput", {}).get("workerid", "gw0")
+    return int(worker.removeprefix("gw"))
+
+
+def worker_devices(device: str | None, gpus_per_model: int, worker: int, gpu_count: int) -> list[str]:
+    """The devices of one pytest(-xdist) worker: GPUs worker*N .. worker*N+N-1 (wrapping), or the CPU."""
+    if gpus_per_model < 1:
+        raise pytest.UsageError(f"--gpus-per-model {gpus_per_model}: give 1 or more")
+    if device is not None and not device.startswith("cuda"):
+        return [device]
+    if gpu_count == 0:
+        if device is not None:
+            raise pytest.UsageError(f"--device {device}: no CUDA device is visible; use --device cpu")
+        return ["cpu"]
+    if gpus_per_model > gpu_count:
+        raise pytest.UsageError(f"--gpus-per-model {gpus_per_model}: only {gpu_count} GPU(s) visible")
+    first = (worker * gpus_per_model) % gpu_count
+    return [f"cuda:{(first + j) % gpu_count}" for j in range(gpus_per_model)]
+
+
+def _gpu_count() -> int:
+    import torch
+
+    return int(torch.cuda.device_count()) if torch.cuda.is_available() else 0
