@@ -48,8 +48,11 @@ def load_bank(path: Path) -> PromptBank:
     data = path.read_bytes()
     try:
         raw = tomllib.loads(data.decode("utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
-        raise BankError(f"prompt bank {path} is not valid UTF-8 TOML ({err})") from err
+    except UnicodeDecodeError as err:
+        raise BankError(f"prompt bank {path} is not UTF-8 (byte 0x{data[err.start]:02x} at offset {err.start}); "
+                        "save the file as UTF-8") from err
+    except tomllib.TOMLDecodeError as err:
+        raise BankError(f"prompt bank {path} is not valid TOML ({err}); fix the syntax there") from err
     head, cats = raw.get("bank"), raw.get("categories")
     if not isinstance(head, dict) or not isinstance(cats, dict) or not cats:
         raise BankError(f"prompt bank {path} needs a [bank] table (id, version) and a non-empty [categories] table")
@@ -59,8 +62,22 @@ def load_bank(path: Path) -> PromptBank:
         bad = [p for p in prompts if not isinstance(p, str) or not p.strip()]
         if bad:
             raise BankError(f"prompt bank {path}: category {name!r} holds {len(bad)} empty or non-string prompt(s)")
+        _check_unique(path, head, name, prompts)
     return PromptBank(str(head.get("id", path.stem)), int(head.get("version", 1)),
                       {k: tuple(v) for k, v in cats.items()}, path, hashlib.sha256(data).hexdigest())
+
+
+def _check_unique(path: Path, head: dict[str, Any], category: str, prompts: list[str]) -> None:
+    """A prompt listed twice in one category would be counted twice in every n: name the first one."""
+    seen: dict[str, int] = {}
+    for index, prompt in enumerate(prompts):
+        key = prompt.strip()
+        if key in seen:
+            shown = prompt if len(prompt) <= 80 else prompt[:77] + "..."
+            raise BankError(f"prompt bank {head.get('id', path.stem)!r} ({path}): category {category!r} lists the "
+                            f"prompt {shown!r} twice (entries {seen[key] + 1} and {index + 1}); remove one copy, "
+                            "or every count n includes it twice")
+        seen[key] = index
 
 
 def bank_path(name: str, folder: Path | None = None) -> Path:
@@ -78,3 +95,44 @@ def bank_for(claim: Any, overrides: Mapping[str, Path] | None = None) -> PromptB
     if overrides and claim.id in overrides:
         return load_bank(overrides[claim.id])
     return find_bank(claim.prompt_bank, claim.folder)
+
+
+def _named_categories(params: Mapping[str, Any]) -> list[str]:
+    """Category names a [protocol] or [controls.*] table reads: `*_category`, `*_categories`, `categories`."""
+    found: list[str] = []
+    for key, value in params.items():
+        if key.endswith("_category") and isinstance(value, str):
+            found.append(value)
+        elif (key.endswith("_categories") or key == "categories") and isinstance(value, list):
+            found += [v for v in value if isinstance(v, str)]
+    return found
+
+
+def check_claim_banks(claim: Any, overrides: Mapping[str, Path] | None = None) -> PromptBank:
+    """Load every bank a claim reads and check that each category its claim.toml names is there.
+
+    Run once per claim at collection, so a bad bank is one error before any test, not one per test. The
+    BankError says where the bank came from: the --prompt-bank option or the claim file's key.
+    """
+    given = overrides and claim.id in overrides
+    origin = (f"given by --prompt-bank {claim.id}={overrides[claim.id]}" if given and overrides else
+              f"named by {claim.path} [claim].prompt_bank = {claim.prompt_bank!r}")
+    try:
+        bank = bank_for(claim, overrides)
+    except BankError as err:
+        raise BankError(f"{err} ({origin})") from err
+    tables = {"protocol": claim.protocol, **{f"controls.{k}": v for k, v in claim.controls.items()}}
+    for where, params in tables.items():
+        extra = []
+        for name in params.get("banks", []):
+            try:
+                extra.append(find_bank(name, claim.folder))
+            except BankError as err:
+                raise BankError(f"{err} (named by {claim.path} [{where}].banks)") from err
+        have = {c for b in (bank, *extra) for c in b.categories}
+        missing = [c for c in _named_categories(params) if c not in have]
+        if missing:
+            raise BankError(f"{claim.path} [{where}] reads prompt categories {missing}, which the prompt bank "
+                            f"{bank.path} ({origin}) lacks; it has: {', '.join(bank.categories)}. Add them to "
+                            "the bank or name existing ones")
+    return bank

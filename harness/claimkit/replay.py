@@ -311,12 +311,22 @@ def _write_json(result: RfcReplay, target: str) -> None:
     tmp.replace(out)
 
 
+SUBJECTS = {"rfc": "RFC/RSI figures from a role-conditioning detailed_comparison CSV"}
+
+
+def usage() -> str:
+    lines = ["usage: python -m harness replay <subject> [args]   (python -m harness replay <subject> --help)", "",
+             "Re-derive a source's published summary figures from its data table.", "", "subjects:"]
+    return "\n".join([*lines, *(f"  {name:<8} {what}" for name, what in SUBJECTS.items())]) + "\n"
+
+
 def main(argv: list[str]) -> int:
     """Entry point of `python -m harness replay`; argv starts with the subject ('rfc')."""
-    if not argv or argv[0] != "rfc":
-        got = repr(argv[0]) if argv else "nothing"
-        sys.stderr.write(f"replay: unknown subject {got}; available: rfc\nusage: python -m harness replay "
-                         "rfc TABLE.csv [--against OTHER.csv] [--json OUT|-]\n")
+    if not argv or argv[0] in ("-h", "--help"):
+        sys.stdout.write(usage())
+        return 0 if argv else 2
+    if argv[0] not in SUBJECTS:
+        sys.stderr.write(f"replay: unknown subject {argv[0]!r}; available: {', '.join(SUBJECTS)}\n{usage()}")
         return 2
     args = _parser().parse_args(argv[1:])
     try:

@@ -16,8 +16,9 @@ from typing import Any
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
-from harness.engine.specs import MODELS_DIR, ModelSpec
-from harness.engine.tokenizer import build_offline_tokenizer, corpus_digest, corpus_lines
+from harness.engine import modeldir
+from harness.engine.specs import DEFAULT_TOKEN_BUDGET, MODELS_DIR, ModelSpec
+from harness.engine.tokenizer import build_offline_tokenizer, corpus_digest, corpus_lines, readable
 
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 WEIGHTS = ("pretrained", "random")
@@ -25,6 +26,10 @@ WEIGHTS = ("pretrained", "random")
 
 class ModelUnavailable(RuntimeError):
     """The weights of a model cannot be found; the message says which model, which revision and the fix."""
+
+
+class ModelPathError(ValueError):
+    """A model directory the user named (--model-path) that cannot be loaded; the message says why."""
 
 
 @dataclass(frozen=True)
@@ -59,6 +64,7 @@ class LoadedModel:
     resolved_revision: str
     source: str
     provenance: dict[str, Any] = field(default_factory=dict)
+    token_budget: int = DEFAULT_TOKEN_BUDGET  # padded tokens per forward batch: bounds activation memory
 
     @property
     def dims(self) -> Dims:
@@ -198,9 +204,24 @@ def _from_pretrained(source: str, revision: str | None, dtype: torch.dtype, devi
 
 def _how_to_provide(spec: ModelSpec) -> str:
     return (
-        f"provide the weights of {spec.id!r} ({spec.hf_id} @ {spec.revision}) with --model-path {spec.id}=DIR, "
-        f"or place them in the Hugging Face cache and set HF_HUB_OFFLINE=1, or use --weights random"
+        f"provide them in one of three ways: (1) --model-path {spec.id}=DIR, a directory holding the weights; "
+        f"(2) download them once into the Hugging Face cache at the pinned revision "
+        f"(`hf download {spec.hf_id} --revision {spec.revision}`, or run with --allow-download); "
+        f"(3) --weights random, the published architecture with seeded random weights (a smoke run, not evidence)"
     )
+
+
+def _not_cached(spec: ModelSpec, err: OSError) -> ModelUnavailable:
+    return ModelUnavailable(
+        f"the weights of {spec.id!r} ({spec.hf_id} @ {spec.revision}) are not in the local Hugging Face cache "
+        f"at the pinned revision, and this run does not download; {_how_to_provide(spec)} "
+        f"[transformers said: {err.__class__.__name__}: {str(err).splitlines()[0][:200]}]")
+
+
+def _path_error(spec: ModelSpec, path: Path, err: Exception) -> ModelPathError:
+    first = str(err).splitlines()[0][:300] if str(err) else ""
+    return ModelPathError(f"--model-path {spec.id}={path}: the model there does not load ({err.__class__.__name__}: "
+                          f"{first}); give a directory written by save_pretrained, e.g. a Hugging Face cache snapshot")
 
 
 def load(
@@ -224,7 +245,8 @@ def load(
     devices = list(shard_devices) if len(shard_devices) > 1 else [device]
     if weights not in WEIGHTS:
         raise ValueError(f"weights={weights!r}; allowed: {WEIGHTS}")
-    if spec.tiny and model_path is None:
+    offline = spec.tiny and model_path is None  # built here, with the offline tokenizer
+    if offline:
         if cache_dir is None:
             raise ValueError(f"tiny model {spec.id!r} needs a cache_dir to be saved to and loaded from")
         model_path = build_tiny(spec, cache_dir / spec.id, seed=seed)
@@ -232,25 +254,30 @@ def load(
         return _load_random(spec, devices, seed)
     local_only = allow_download is False or os.environ.get("HF_HUB_OFFLINE") == "1"
     source = str(model_path) if model_path is not None else spec.hf_id
-    if model_path is not None and not model_path.is_dir():
-        raise ModelUnavailable(f"--model-path for {spec.id!r} is {model_path}, which is not a directory; "
-                               + _how_to_provide(spec))
-    if model_path is not None and not (model_path / "config.json").is_file():  # else transformers: ValueError
-        raise ModelUnavailable(f"--model-path for {spec.id!r} is {model_path}, which holds no config.json; "
-                               + _how_to_provide(spec))
+    found = modeldir.problem(model_path) if model_path is not None and not spec.tiny else None
+    if model_path is not None and found:
+        raise ModelPathError(f"--model-path {spec.id}={model_path}: the path {found}; give {modeldir.HOW}")
     revision = None if model_path is not None else spec.revision
     try:
         model = _from_pretrained(source, revision, DTYPES[spec.dtype], devices, local_only)
         tokenizer = AutoTokenizer.from_pretrained(source, revision=revision, local_files_only=local_only)
-    except OSError as err:
-        raise ModelUnavailable(f"weights for {spec.id!r} not found ({err.__class__.__name__}: "
-                               f"{str(err).splitlines()[0]}); " + _how_to_provide(spec)) from err
+    except (OSError, ValueError, RuntimeError) as err:
+        if model_path is not None:  # the user named this directory: what is wrong with it is an error
+            raise _path_error(spec, model_path, err) from err
+        if isinstance(err, OSError) and local_only:
+            raise _not_cached(spec, err) from err
+        if isinstance(err, OSError):
+            raise ModelUnavailable(f"the weights of {spec.id!r} ({spec.hf_id} @ {spec.revision}) could not be "
+                                   f"fetched ({err.__class__.__name__}: {str(err).splitlines()[0][:200]}); "
+                                   + _how_to_provide(spec)) from err
+        raise
     if len(devices) == 1 and model.device.type != torch.device(device).type:
         model = model.to(device)
     resolved = _local_revision(Path(source)) if model_path is not None else str(
         getattr(model.config, "_commit_hash", None) or spec.revision)
     if spec.tiny:  # built in a temporary directory: name what it was built from, which is reproducible
         source = f"fixtures/models/{spec.config} (tiny, built at test time)"
+    tokenizer = readable(tokenizer) if offline else tokenizer
     return LoadedModel(spec, model, _prepared(tokenizer), "tiny" if spec.tiny else "pretrained", resolved, source)
 
 
@@ -277,7 +304,7 @@ def _load_random(spec: ModelSpec, devices: Sequence[str], seed: int) -> LoadedMo
     resolved = f"random:seed{seed}:{_digest(architecture(spec))}"
     provenance = {"tokenizer": f"harness-offline-bpe:{corpus_digest(lines)}", "random_seed": seed,
                   "weight_seed": weight_seed, "devices": list(devices)}
-    return LoadedModel(spec, model, _prepared(tokenizer), "random", resolved, f"fixtures/models/{spec.config}",
+    return LoadedModel(spec, model, _prepared(readable(tokenizer)), "random", resolved, f"fixtures/models/{spec.config}",
                        provenance)
 
 

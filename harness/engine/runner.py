@@ -24,6 +24,46 @@ class Encoded:
     lengths: list[int]  # true token count of each prompt, BOS included where the model has one
 
 
+class PromptTooLong(ValueError):
+    """A prompt with more tokens than the model has positions; raised before any forward pass."""
+
+
+def position_limit(lm: LoadedModel) -> int | None:
+    """The most positions the model takes (config.max_position_embeddings), or None when it sets none."""
+    value = getattr(lm.model.config, "max_position_embeddings", None)
+    return value if isinstance(value, int) and value > 0 else None
+
+
+def shorten(text: str, width: int = 80) -> str:
+    return text if len(text) <= width else f"{text[: width - 30]}...{text[-20:]} ({len(text)} characters)"
+
+
+def check_lengths(lm: LoadedModel, prompts: Sequence[str], counts: Sequence[int], reserve: int = 0) -> None:
+    """PromptTooLong naming the first prompt whose tokens (plus `reserve` generated ones) exceed the limit."""
+    limit = position_limit(lm)
+    over = [(p, n) for p, n in zip(prompts, counts, strict=True) if limit is not None and n + reserve > limit]
+    if not over:
+        return
+    prompt, count = over[0]
+    room = (f"{limit} positions" if not reserve else
+            f"{limit} positions, {limit - reserve} for the prompt once {reserve} are kept for generated tokens")
+    raise PromptTooLong(f"prompt {shorten(prompt)!r} is {count} tokens under {lm.id}'s tokenizer, but {lm.id} "
+                        f"takes at most {room} ({len(over)} of {len(prompts)} prompts too long); shorten or "
+                        "remove the prompt(s)")
+
+
+def batch_end(counts: Sequence[int], start: int, size: int, token_budget: int) -> int:
+    """End of the batch from `start`: at most `size` prompts and `token_budget` padded tokens (batch x longest);
+    a prompt longer than the budget runs alone."""
+    stop, longest = start, 0
+    while stop < len(counts) and stop - start < size:
+        longest = max(longest, counts[stop])
+        if stop > start and (stop - start + 1) * longest > token_budget:
+            break
+        stop += 1
+    return stop
+
+
 def encode(lm: LoadedModel, prompts: Sequence[str]) -> Encoded:
     """Tokenise raw text as the sources did: no chat template, BOS as the model's spec says."""
     if not prompts:
@@ -83,21 +123,26 @@ def forward_capture(lm: LoadedModel, prompts: Sequence[str], sites: Sequence[str
                     batch_size: int = 32) -> Captured:
     """Run `prompts` in batches; keep only each site's window. Stops after the deepest site's layer.
 
-    A batch that runs out of device memory is halved and retried (down to one prompt); the number of
-    halvings is returned so the report can record it.
+    A batch holds at most `batch_size` prompts and `lm.token_budget` padded tokens; a prompt longer than the
+    model's positions raises PromptTooLong before any forward. A batch that runs out of device memory is
+    halved and retried (down to one prompt); the number of halvings is returned so the report can record it.
     """
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size}; use a positive batch size (--claim-batch-size), e.g. 32")
+    counts = token_counts(lm, prompts)
+    check_lengths(lm, prompts, counts)
     last_layer = max(parse(site)[0] for site in sites)
     kept: dict[str, list[torch.Tensor]] = {site: [] for site in sites}
     lengths: list[int] = []
     start, size, halvings = 0, batch_size, 0
     while start < len(prompts):
-        chunk = prompts[start : start + size]
+        chunk = prompts[start : batch_end(counts, start, size, lm.token_budget)]
         try:
             acts, enc_lengths = _capture_batch(lm, chunk, sites, window, last_layer)
         except torch.OutOfMemoryError:
             if size == 1:
                 raise
-            size, halvings = max(1, size // 2), halvings + 1
+            size, halvings = max(1, len(chunk) // 2), halvings + 1
             _empty_cache(lm)
             continue
         for site in sites:

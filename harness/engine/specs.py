@@ -15,6 +15,7 @@ from harness.resources import models_dir
 MODELS_DIR = models_dir()
 FAMILIES = ("mistral", "qwen2", "llama")
 DTYPE_NAMES = ("float16", "bfloat16", "float32")
+DEFAULT_TOKEN_BUDGET = 32_768  # padded tokens one forward batch may hold (--claim-token-budget)
 _SPEC_KEYS = {"hf_id", "revision", "family", "dtype", "variant", "base", "chat_template", "bos", "tiny", "config",
               "sources"}
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from transformers import PreTrainedTokenizerFast
 
@@ -16,6 +17,39 @@ from harness.resources import models_dir
 
 SPECIAL_TOKENS = ("<s>", "</s>", "<pad>")
 CORPUS = models_dir() / "tiny-tokenizer-corpus.txt"
+
+
+def _byte_alphabet() -> dict[str, int]:
+    """The byte-level BPE alphabet: the character that stands for each byte (printable bytes stand for
+    themselves; the other 68 take the characters from U+0100 on, in byte order)."""
+    printable = [*range(0x21, 0x7F), *range(0xA1, 0xAD), *range(0xAE, 0x100)]
+    others = [b for b in range(256) if b not in printable]
+    chars = {b: chr(b) for b in printable} | {b: chr(0x100 + i) for i, b in enumerate(others)}
+    return {c: b for b, c in chars.items()}
+
+
+BYTE_OF = _byte_alphabet()
+
+
+class OfflineTokenizer(PreTrainedTokenizerFast):
+    """The offline byte-level BPE with readable decoding: bytes that do not form UTF-8 come out as `\\xNN`
+    escapes instead of U+FFFD. Tiny and random-weight models emit stray byte tokens all the time; this way
+    their texts show what was generated. Text that is valid UTF-8 decodes exactly as before."""
+
+    def _decode(self, token_ids: int | list[int], skip_special_tokens: bool = False,  # type: ignore[override]
+                clean_up_tokenization_spaces: bool | None = None, **kwargs: Any) -> str:
+        ids = [token_ids] if isinstance(token_ids, int) else list(token_ids)
+        skip = set(self.all_special_ids) if skip_special_tokens else set()
+        pieces = [self._tokenizer.id_to_token(i) or "" for i in ids if i not in skip]
+        raw = bytes(BYTE_OF.get(c, 0x3F) for piece in pieces for c in piece)  # 0x3F: "?" for a foreign char
+        return raw.decode("utf-8", errors="backslashreplace")
+
+
+def readable(tokenizer: PreTrainedTokenizerFast) -> OfflineTokenizer:
+    """The same offline tokenizer (vocabulary, specials, padding side), decoding with escapes."""
+    return OfflineTokenizer(tokenizer_object=tokenizer.backend_tokenizer, bos_token=tokenizer.bos_token,
+                            eos_token=tokenizer.eos_token, pad_token=tokenizer.pad_token,
+                            padding_side=tokenizer.padding_side)
 
 
 def corpus_lines(path: Path = CORPUS) -> list[str]:

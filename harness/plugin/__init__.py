@@ -6,15 +6,19 @@ selects no claim reads no claim file, loads no model and writes no report. Its p
 - options.py     command-line options, checked when given; the run's Options, built when a claim needs them
 - collection.py  claim discovery (claim.toml beside the test module), model parametrization, item identity
 - fixtures.py    lm, claim, prompt_bank, published_data, record_claim, ...
-- collector.py   the controller's JSON report, HTML page and terminal summary
+- collector.py   the controller's JSON report, HTML page and terminal summary (summary.py: closing lines)
 """
 
 from __future__ import annotations
 
 import pytest
 
-from harness.plugin.collection import pytest_collection_modifyitems, pytest_generate_tests
-from harness.plugin.collector import ReportCollector
+from harness.plugin.collection import (
+    pytest_collection_finish,
+    pytest_collection_modifyitems,
+    pytest_generate_tests,
+)
+from harness.plugin.collector import PlanSender, ReportCollector
 from harness.plugin.fixtures import (
     claim,
     harness_options,
@@ -29,8 +33,8 @@ from harness.plugin.fixtures import (
 from harness.plugin.options import check_given, pytest_addoption
 
 __all__ = ["claim", "harness_options", "lm", "model_cache", "model_id", "prompt_bank", "published_data",
-           "published_dir", "pytest_addoption", "pytest_collection_modifyitems", "pytest_configure",
-           "pytest_generate_tests", "record_claim"]
+           "published_dir", "pytest_addoption", "pytest_collection_finish", "pytest_collection_modifyitems",
+           "pytest_configure", "pytest_generate_tests", "record_claim"]
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -41,3 +45,5 @@ def pytest_configure(config: pytest.Config) -> None:
     check_given(config)
     if not hasattr(config, "workerinput"):  # the controller (or a run without xdist) owns the report
         config.pluginmanager.register(ReportCollector(config), "claim-harness-report")
+    else:  # a pytest-xdist worker tells the controller its plan, so a test lost in a crash is named
+        config.pluginmanager.register(PlanSender(), "claim-harness-plan")

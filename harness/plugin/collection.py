@@ -16,6 +16,7 @@ import pytest
 from harness.plugin.state import ITEM_KEY, state
 
 if TYPE_CHECKING:
+    from harness.claimkit.prompts import PromptBank
     from harness.claimkit.registry import Claim
     from harness.plugin.options import Options
 
@@ -41,6 +42,20 @@ def claim_of(config: pytest.Config, claim_id: str, module_file: str | None) -> C
     return claim
 
 
+def claim_bank(config: pytest.Config, claim: Claim) -> PromptBank:
+    """The claim's prompt bank, loaded and checked once per run: a bad bank is one usage error at collection,
+    not one traceback per test."""
+    from harness.claimkit.prompts import BankError, check_claim_banks
+
+    banks = state(config).banks
+    if claim.id not in banks:
+        try:
+            banks[claim.id] = check_claim_banks(claim, state(config).options().prompt_banks)
+        except BankError as err:
+            raise pytest.UsageError(str(err)) from err
+    return banks[claim.id]
+
+
 def applicable_models(claim: Claim, opts: Options) -> list[str]:
     """Selected models this claim runs on: its published models, plus tiny stand-ins of the same variant."""
     variants = {opts.registry[m].variant for m in claim.models if m in opts.registry}
@@ -61,6 +76,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
                                     "@pytest.mark.claim(id)")
         return
     claim = claim_of(metafunc.config, marker.args[0], getattr(metafunc.module, "__file__", None))
+    if "prompt_bank" in metafunc.fixturenames:
+        claim_bank(metafunc.config, claim)
     if "model_id" not in metafunc.fixturenames:
         return
     opts = state(metafunc.config).options()
@@ -82,3 +99,12 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         raw = params.get("model_id", "published-data")
         model = raw if isinstance(raw, str) else "no-model-selected"  # pytest's NOTSET for an empty selection
         item.user_properties.append((ITEM_KEY, {"claim": marker.args[0], "protocol": str(protocol), "model": model}))
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Before any model loads: the report must be writable where it will go (when a claim is to run)."""
+    if session.config.option.collectonly or not any(i.get_closest_marker("claim") for i in session.items):
+        return
+    from harness.plugin.options import check_report_paths
+
+    check_report_paths(session.config)

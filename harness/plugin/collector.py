@@ -1,21 +1,30 @@
 """The controller's report: protocol results arrive as test reports; the JSON report and page are written
-only once a claim has produced a result, so a session that runs no claim leaves earlier reports untouched."""
+only once a claim has produced a result, so a session that runs no claim leaves earlier reports untouched.
+
+The collector also knows the run's plan (every selected claim item: its claim, model and protocol), so an
+interrupted run says which protocols never ran, and a test lost with a crashed pytest-xdist worker is recorded
+as an error instead of vanishing. A report that cannot be written (disk full) leaves the previous one intact:
+the results stay in memory, the next write retries, and the summary says so.
+"""
 
 from __future__ import annotations
 
 import shlex
-import sys
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from harness.plugin.fixtures import RESULT_KEY
-from harness.plugin.state import ITEM_KEY
+from harness.plugin.state import ITEM_KEY, PLAN_KEY, state
+from harness.plugin.summary import closing_lines
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from harness.report.document import Report
+
+Ident = dict[str, str]  # claim, model, protocol of one item
 
 
 class ReportCollector:
@@ -25,49 +34,72 @@ class ReportCollector:
         self.config = config
         self.report: Report | None = None
         self.page: Path | None = None  # the HTML claims page, once written
+        self.plan: dict[str, Ident] = {}  # nodeid -> ident of every selected claim item
+        self.write_error: str | None = None  # why the last write failed; None once a write succeeds
         self._seen: set[tuple[str, str]] = set()
         self._started = time.time()
 
     def _report(self) -> Report:
         if self.report is None:
+            import sys
+
+            from harness.plugin.options import report_paths
             from harness.report.document import Report
 
-            path = Path(self.config.getoption("--claims-json"))
-            path = path if path.is_absolute() else Path(self.config.rootpath) / path
-            self.report = Report(path, self.config.getoption("--claim-seed"), sys.argv[1:], self.config.rootpath,
-                                 started=self._started)
+            self.report = Report(report_paths(self.config)["--claims-json"], self.config.getoption("--claim-seed"),
+                                 sys.argv[1:], self.config.rootpath, started=self._started)
         return self.report
 
-    def _progress(self, result: dict[str, Any]) -> None:
-        """One line per (claim, model) as it starts, with the elapsed time, through pytest's reporter."""
-        key = (result["claim"], result["model"])
+    def _write(self, action: Any) -> None:
+        """Run a report write; a failure (disk full, permissions) is kept for the summary, never raised."""
+        try:
+            action()
+            self.write_error = None
+        except OSError as err:
+            self.write_error = f"{err.__class__.__name__}: {err}"
+
+    def add(self, result: dict[str, Any]) -> None:
+        self._write(lambda: self._report().add(result))
+
+    # ------------------------------------------------------------------------------------------- plan --
+
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        self.plan.update(plan_of(session.items))
         terminal = self.config.pluginmanager.get_plugin("terminalreporter")
-        if key in self._seen or terminal is None:
+        if terminal is None or not self.plan:
+            return
+        opts = state(self.config).options()
+        terminal.write_line(f"claim-harness: seed={opts.seed} weights={opts.weights} device={opts.device} "
+                            f"models={','.join(opts.models)}; report: {self.config.getoption('--claims-json')}"
+                            + ("" if terminal.verbosity > 0 else "; progress by claim and model: -v"))
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_logstart(self, nodeid: str) -> None:
+        """In verbose mode, one line as each (claim, model) starts, with the elapsed time. Never in the dot
+        rows of the default mode: a line there would split a row."""
+        terminal = self.config.pluginmanager.get_plugin("terminalreporter")
+        ident = self.plan.get(nodeid)
+        if terminal is None or terminal.verbosity <= 0 or ident is None:
+            return
+        key = (ident["claim"], ident["model"])
+        if key in self._seen:
             return
         self._seen.add(key)
         terminal.ensure_newline()
-        terminal.write_line(f"claim-harness [{time.time() - self._started:7.1f}s] {key[0]} on {key[1]}")
+        terminal.write(f"claim-harness [{time.time() - self._started:7.1f}s] {key[0]} on {key[1]}")
 
-    def add(self, result: dict[str, Any]) -> None:
-        self._progress(result)
-        self._report().add(result)
-
-    def pytest_collection_finish(self, session: pytest.Session) -> None:
-        terminal = self.config.pluginmanager.get_plugin("terminalreporter")
-        if terminal is None or not any(item.get_closest_marker("claim") for item in session.items):
-            return
-        from harness.plugin.state import state
-
-        opts = state(self.config).options()
-        terminal.write_line(f"claim-harness: seed={opts.seed} weights={opts.weights} device={opts.device} "
-                            f"models={','.join(opts.models)}; report: {self.config.getoption('--claims-json')}")
+    # ----------------------------------------------------------------------------------------- results --
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        results: list[dict[str, Any]] = [v for k, v in report.user_properties if k == RESULT_KEY]  # type: ignore[misc]
-        ident: dict[str, str] | None = next(  # type: ignore[assignment]
-            (v for k, v in report.user_properties if k == ITEM_KEY), None)
-        report.user_properties = [(k, v) for k, v in report.user_properties if k not in (RESULT_KEY, ITEM_KEY)]
+        props = report.user_properties
+        results: list[dict[str, Any]] = [v for k, v in props if k == RESULT_KEY]  # type: ignore[misc]
+        ident: Ident | None = next((v for k, v in props if k == ITEM_KEY), None)  # type: ignore[misc]
+        for k, v in props:
+            if k == PLAN_KEY:  # a pytest-xdist worker's plan, sent with its first report
+                self.plan.update(v)  # type: ignore[arg-type]
+        report.user_properties = [(k, v) for k, v in props if k not in (RESULT_KEY, ITEM_KEY, PLAN_KEY)]
+        ident = ident or self.plan.get(report.nodeid)
         if report.when == "call":
             for res in results:
                 self.add({**res, "outcome": report.outcome, "duration_s": report.duration, "nodeid": report.nodeid})
@@ -75,16 +107,36 @@ class ReportCollector:
                 self.add(placeholder(ident, report, "error" if report.failed else "skipped"))
         elif report.when == "setup" and ident is not None and not report.passed:
             self.add(placeholder(ident, report, "skipped" if report.skipped else "error"))
+        elif report.when not in ("setup", "teardown") and ident is not None and report.failed:
+            # pytest-xdist reports a test whose worker died with when="???": the test is lost, say so
+            self.add(placeholder(ident, report, "error"))
+
+    def not_run(self) -> list[dict[str, str]]:
+        """Planned items that recorded nothing (an interrupted run, a stop after -x, a lost worker's queue)."""
+        done = {r.get("nodeid") for r in (self.report.results if self.report else [])}
+        return [{**ident, "nodeid": nodeid} for nodeid, ident in self.plan.items() if nodeid not in done]
 
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
         if self.report is None:
             return
-        from harness.report.html import page_path, write_page
+        from harness.plugin.options import report_paths
+        from harness.report.html import write_page
 
-        self.report.finish({2: "interrupted", 3: "error"}.get(int(exitstatus), "complete"))
-        self.page = page_path(session.config.getoption("--claims-html"), self.report.path, session.config.rootpath)
-        if self.page is not None:
-            write_page(self.report.document(), self.page)
+        status = {2: "interrupted", 3: "error"}.get(int(exitstatus), "complete")
+        self._write(lambda: self.report.finish(status, self.not_run()))  # type: ignore[union-attr]
+        self.page = report_paths(self.config).get("--claims-html")
+        if self.page is not None and self.write_error is None:
+            try:
+                write_page(self.report.document(), self.page)
+            except OSError as err:
+                self.write_error, self.page = f"the page {self.page}: {err.__class__.__name__}: {err}", None
+        if self.write_error is not None or (self.unverified() and not self.config.getoption("--allow-unverified")):
+            session.exitstatus = max(int(session.exitstatus), int(pytest.ExitCode.TESTS_FAILED))
+
+    def unverified(self) -> bool:
+        """Claims ran, but every one was skipped: nothing was verified."""
+        results = self.report.results if self.report else []
+        return bool(results) and all(r.get("outcome") == "skipped" for r in results)
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         if self.report is None:
@@ -96,13 +148,41 @@ class ReportCollector:
             terminalreporter.write_sep("=", "claim verdicts")
             for line in rows:
                 terminalreporter.write_line(line)
-        terminalreporter.write_line(f"claims report: {self.report.path}  "
-                                    f"(rerun: pytest {shlex.join(self.report.argv)})".rstrip())
+        where = (f"claims report: {self.report.path}" if self.write_error is None else
+                 f"claims report NOT written to {self.report.path} ({self.write_error}); the previous file there "
+                 f"is unchanged and this run's {len(self.report.results)} result(s) are lost: free space, rerun")
+        terminalreporter.write_line(f"{where}  (rerun: pytest {shlex.join(self.report.argv)})".rstrip())
         if self.page is not None:
             terminalreporter.write_line(f"claims page: {self.page}")
+        for line, markup in closing_lines(self, state(self.config).options()):
+            terminalreporter.write_line(line, **markup)
 
 
-def placeholder(ident: dict[str, str], report: pytest.TestReport, outcome: str) -> dict[str, Any]:
+def plan_of(items: list[pytest.Item]) -> dict[str, Ident]:
+    """nodeid -> (claim, model, protocol) of every claim item, from the identity collection gave it."""
+    return {item.nodeid: dict(v) for item in items for k, v in item.user_properties if k == ITEM_KEY}
+
+
+class PlanSender:
+    """On a pytest-xdist worker: the worker's plan rides on its first test report to the controller, which
+    can then name a test that a crashed worker took with it."""
+
+    def __init__(self) -> None:
+        self.plan: dict[str, Ident] | None = None
+
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        self.plan = plan_of(session.items)
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_makereport(self, item: pytest.Item, call: Any) -> Any:
+        report = yield
+        if self.plan:
+            report.user_properties = [*report.user_properties, (PLAN_KEY, self.plan)]
+            self.plan = None
+        return report
+
+
+def placeholder(ident: Ident, report: pytest.TestReport, outcome: str) -> dict[str, Any]:
     reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longreprtext)[-2000:]
     kind = "control" if ident["protocol"].startswith("control") else "as_published"
     return {**ident, "kind": kind, "passed": None, "outcome": outcome, "reason": reason, "nodeid": report.nodeid,

@@ -6,11 +6,11 @@ import os
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import pytest
 
-from harness.plugin.collection import claim_of
+from harness.plugin.collection import claim_bank, claim_of
 from harness.plugin.state import state
 
 if TYPE_CHECKING:
@@ -30,6 +30,7 @@ class ModelCache:
         self._loaded: OrderedDict[str, Any] = OrderedDict()
 
     def get(self, model_id: str) -> LoadedModel:
+        """The loaded model; a model without weights skips the test (the summary gives the fix once)."""
         from harness.engine.models import ModelUnavailable, load
 
         if model_id in self._loaded:
@@ -45,6 +46,7 @@ class ModelCache:
                       allow_download=opts.allow_download, shard_devices=opts.shard_devices)
         except ModelUnavailable as err:
             pytest.skip(str(err))
+        lm.token_budget = opts.token_budget
         self._loaded[model_id] = lm
         return lm
 
@@ -80,10 +82,24 @@ def model_id(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
-@pytest.fixture(scope="session")
-def lm(model_id: str, model_cache: ModelCache) -> LoadedModel:
-    """The model under test, loaded once per session and model."""
-    return model_cache.get(model_id)
+@pytest.fixture
+def lm(request: pytest.FixtureRequest, model_id: str, model_cache: ModelCache) -> LoadedModel:
+    """The model under test, loaded once per session and model (the cache keeps it). A model that fails to
+    load from a path the user gave is an error, given in full once per run."""
+    from harness.engine.models import ModelPathError
+
+    try:
+        return model_cache.get(model_id)
+    except ModelPathError as err:
+        fail_once(request, ("load", model_id), str(err), f"{model_id} did not load")
+
+
+def fail_once(request: pytest.FixtureRequest, key: tuple[str, ...], message: str, short: str) -> NoReturn:
+    """Fail the test with `message` the first time `key` fails in this run; later tests point to that one."""
+    first = state(request.config).failures.setdefault(key, request.node.nodeid)
+    if first == request.node.nodeid:
+        pytest.fail(message, pytrace=False)
+    pytest.fail(f"{short}; the error is given once per run, at {first}", pytrace=False)
 
 
 @pytest.fixture
@@ -118,10 +134,32 @@ def published_data(claim: Claim, published_dir: Path) -> Path:
 
 
 @pytest.fixture
-def prompt_bank(claim: Claim, harness_options: Options) -> PromptBank:
-    from harness.claimkit.prompts import bank_for
+def prompt_bank(request: pytest.FixtureRequest, claim: Claim) -> PromptBank:
+    """The claim's bank (checked at collection); with a model under test, every prompt must fit the model."""
+    bank = claim_bank(request.config, claim)
+    if "lm" in request.fixturenames:
+        fits(request, bank, claim, request.getfixturevalue("lm"))
+    return bank
 
-    return bank_for(claim, harness_options.prompt_banks)
+
+def fits(request: pytest.FixtureRequest, bank: PromptBank, claim: Claim, lm: LoadedModel) -> None:
+    """Before any forward: no prompt (plus the claim's generated tokens) may exceed the model's positions."""
+    from harness.engine.runner import PromptTooLong, check_lengths, token_counts
+
+    key = ("length", bank.sha256, lm.id)
+    if key in state(request.config).fitted:
+        return
+    if key in state(request.config).failures:
+        fail_once(request, key, "", f"prompt bank {bank.id!r} does not fit {lm.id}")
+    new_tokens = claim.protocol.get("max_new_tokens", 0)
+    reserve = new_tokens if isinstance(new_tokens, int) else 0
+    for category, prompts in bank.categories.items():
+        try:
+            check_lengths(lm, prompts, token_counts(lm, prompts), reserve)
+        except PromptTooLong as err:
+            fail_once(request, key, f"prompt bank {bank.id!r} ({bank.path}), category {category!r}: {err}",
+                      f"prompt bank {bank.id!r} does not fit {lm.id}")
+    state(request.config).fitted.add(key)
 
 
 @pytest.fixture

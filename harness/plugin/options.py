@@ -7,7 +7,9 @@ when a claim is collected: a session that selects no claim pays nothing.
 
 from __future__ import annotations
 
+import difflib
 import os
+import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,8 +17,15 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from harness.engine.specs import DEFAULT_TOKEN_BUDGET
+
 if TYPE_CHECKING:
     from harness.engine.specs import ModelSpec
+
+CACHE_PREFIX = "claim-harness-"  # the run's temporary folder (tiny models); removed when the session ends
+DEVICE_FORMS = "cpu, cuda (each pytest-xdist worker gets its own GPU), cuda:N (GPU number N), mps"
+DEVICE_PATTERN = re.compile(r"cpu|mps|cuda(:\d+)?")
+REPORT_DEFAULTS = {"--claims-json": "results/claims.json", "--claims-html": None}
 
 
 @dataclass
@@ -32,7 +41,9 @@ class Options:
     registry: dict[str, ModelSpec]
     published_dir: Path
     shard_devices: list[str] = field(default_factory=list)
-    cache_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="claim-harness-")))
+    token_budget: int = DEFAULT_TOKEN_BUDGET
+    cache_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix=CACHE_PREFIX)))
+
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -46,12 +57,16 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--device", default=None, help="torch device (default: cuda when available, else cpu)")
     group.addoption("--prompt-bank", action="append", default=[], metavar="CLAIM=PATH",
                     help="replace a claim's prompt bank with a TOML file of the same format (repeatable)")
-    group.addoption("--claims-json", default="results/claims.json", help="where the JSON claims report goes")
+    group.addoption("--claims-json", default=REPORT_DEFAULTS["--claims-json"], help="where the JSON claims report goes")
     group.addoption("--claims-html", default=None, metavar="PATH", help="where the HTML claims page goes "
                     "(default: beside the JSON report, as claims.html; 'none' writes no page)")
     group.addoption("--claim-seed", type=int, default=0, help="base seed of every random draw")
     group.addoption("--allow-download", action="store_true", help="let from_pretrained reach the hub")
     group.addoption("--claim-batch-size", type=int, default=128, help="prompts per forward batch (halved on OOM)")
+    group.addoption("--claim-token-budget", type=int, default=DEFAULT_TOKEN_BUDGET, metavar="TOKENS",
+                    help="padded tokens per forward batch (prompts x longest prompt); bounds memory on long prompts")
+    group.addoption("--allow-unverified", action="store_true", help="exit 0 even when claims ran but none was "
+                    "verified (every claim test skipped for missing weights): for CI that only checks collection")
     group.addoption("--claims-dir", default=None, help="a directory of claim folders (<id>/claim.toml) whose "
                     "claims may be named by test modules that do not sit beside their claim.toml")
     group.addoption("--published-dir", default=None, help="the sources' data tables for re-derivations (default: "
@@ -72,10 +87,18 @@ def pairs(values: list[str], option: str) -> dict[str, Path]:
 
 def check_given(config: pytest.Config) -> None:
     """Fail at start-up on an option the user gave with a bad value (the defaults are always valid)."""
-    pairs(config.getoption("--model-path"), "--model-path")
+    check_model_dirs(pairs(config.getoption("--model-path"), "--model-path"))
     pairs(config.getoption("--prompt-bank"), "--prompt-bank")
-    if config.getoption("--gpus-per-model") < 1:
-        raise pytest.UsageError(f"--gpus-per-model {config.getoption('--gpus-per-model')}: give 1 or more")
+    for option, unit in (("--gpus-per-model", "GPUs"), ("--claim-batch-size", "prompts"),
+                         ("--claim-token-budget", "tokens")):
+        if config.getoption(option) < 1:
+            raise pytest.UsageError(f"{option} {config.getoption(option)}: give a whole number of {unit}, 1 or more")
+    device = config.getoption("--device")
+    if device is not None and not DEVICE_PATTERN.fullmatch(device):
+        raise pytest.UsageError(f"--device {device!r} is not a device; valid forms: {DEVICE_FORMS}")
+    given = [o for o, default in REPORT_DEFAULTS.items() if config.getoption(o) != default]
+    if given:  # the defaults are checked once a claim is collected (a session without claims writes nothing)
+        check_report_paths(config, given)
     if config.getoption("--claims-dir"):
         from harness.claimkit.registry import ClaimError, load_claims
 
@@ -83,6 +106,52 @@ def check_given(config: pytest.Config) -> None:
             load_claims(Path(config.getoption("--claims-dir")))
         except ClaimError as err:
             raise pytest.UsageError(f"--claims-dir: {err}") from err
+
+
+def check_model_dirs(paths: dict[str, Path]) -> None:
+    """Every --model-path directory must look loadable: the user named it, so a bad one is an error."""
+    from harness.engine.modeldir import HOW, problem
+
+    for model_id, path in paths.items():
+        found = problem(path)
+        if found:
+            raise pytest.UsageError(f"--model-path {model_id}={path}: the path {found}; give {HOW}")
+
+
+def report_paths(config: pytest.Config) -> dict[str, Path]:
+    """Where the JSON report and the page go, by option (relative paths are taken from the rootdir)."""
+    from harness.report.html import page_path
+
+    root = Path(config.rootpath)
+    given = Path(config.getoption("--claims-json")).expanduser()
+    found = {"--claims-json": given if given.is_absolute() else root / given}
+    page = page_path(config.getoption("--claims-html"), found["--claims-json"], root)
+    return found if page is None else {**found, "--claims-html": page}
+
+
+def unwritable(path: Path) -> str | None:
+    """Why a report could not be written at `path`, or None: checked before anything runs."""
+    if path.is_dir():
+        return "is a directory"
+    if path.exists():
+        return None if os.access(path, os.W_OK) else "is a file this user may not write"
+    parent = path.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        return f"cannot be created: {parent} is a file, not a directory"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"cannot be created: this user may not write in {parent}"
+    return None
+
+
+def check_report_paths(config: pytest.Config, options: list[str] | None = None) -> None:
+    """A usage error naming the option when the report or the page could not be written there."""
+    for option, path in report_paths(config).items():
+        why = unwritable(path) if options is None or option in options else None
+        if why:
+            raise pytest.UsageError(f"{option} {path}: the report {why}; give a path in a writable directory, "
+                                    f"e.g. {option} results/{path.name}")
 
 
 def build(config: pytest.Config) -> Options:
@@ -99,14 +168,28 @@ def build(config: pytest.Config) -> Options:
     unknown = [m for m in models if m not in registry]
     if unknown:
         raise pytest.UsageError(f"--models: unknown model(s) {unknown}; known: {', '.join(registry)}")
+    model_paths = pairs(config.getoption("--model-path"), "--model-path")
+    for model_id in model_paths:
+        if model_id not in registry:
+            close = difflib.get_close_matches(model_id, registry, 1)
+            raise pytest.UsageError(f"--model-path {model_id}=...: unknown model {model_id!r}"
+                                    f"{f' (did you mean {close[0]!r}?)' if close else ''}; known: {', '.join(registry)}")
     devices = worker_devices(config.getoption("--device"), config.getoption("--gpus-per-model"),
                              worker_index(config), _gpu_count())
     given = config.getoption("--published-dir")
-    return Options(models, pairs(config.getoption("--model-path"), "--model-path"), config.getoption("--weights"),
+    return Options(models, model_paths, config.getoption("--weights"),
                    devices[0], pairs(config.getoption("--prompt-bank"), "--prompt-bank"),
                    config.getoption("--claim-seed"), config.getoption("--allow-download"),
                    config.getoption("--claim-batch-size"), registry,
-                   Path(given).expanduser() if given else published_dir(), devices if len(devices) > 1 else [])
+                   Path(given).expanduser() if given else published_dir(), devices if len(devices) > 1 else [],
+                   config.getoption("--claim-token-budget"))
+
+
+def unused_model_paths(opts: Options) -> list[str]:
+    """One line per --model-path whose model this run did not select (the path was not used)."""
+    return [f"--model-path {m}={p} was not used: {m} is not among this run's models ({', '.join(opts.models)}); "
+            f"select it with --models {m} (or -m gpu for the published set), or drop the option"
+            for m, p in opts.model_paths.items() if m not in opts.models]
 
 
 def _registry(load: Any) -> Any:
@@ -131,6 +214,13 @@ def worker_devices(device: str | None, gpus_per_model: int, worker: int, gpu_cou
         if device is not None:
             raise pytest.UsageError(f"--device {device}: no CUDA device is visible; use --device cpu")
         return ["cpu"]
+    if device is not None and ":" in device:  # one GPU named by number: every worker uses it
+        index = int(device.partition(":")[2])
+        if index >= gpu_count or gpus_per_model > 1:
+            raise pytest.UsageError(f"--device {device}: {gpu_count} GPU(s) visible (cuda:0-cuda:{gpu_count - 1}), "
+                                    f"--gpus-per-model {gpus_per_model}; name a visible GPU, or give --device cuda "
+                                    "to spread workers over all of them")
+        return [device]
     if gpus_per_model > gpu_count:
         raise pytest.UsageError(f"--gpus-per-model {gpus_per_model}: only {gpu_count} GPU(s) visible")
     first = (worker * gpus_per_model) % gpu_count

@@ -156,11 +156,14 @@ class Report:
     def write(self) -> None:
         atomic_write(self.path, json.dumps(self.document(), indent=2, sort_keys=False, allow_nan=False) + "\n")
 
-    def finish(self, status: str) -> None:
+    def finish(self, status: str, not_run: list[dict[str, str]] | None = None) -> None:
+        """Close the run: status, wall time, peak memory, and the planned items that never ran."""
         peaks = [peak_memory()] + [r["resources"] for r in self.results if r.get("resources")]
         self._run.update(finished=time.time(), status=status, wall_s=time.time() - self.started,
                          peak_memory={key: max((p.get(key) or 0 for p in peaks), default=0) or None
                                       for key in ("gpu_bytes", "rss_bytes")})
+        if not_run:
+            self._run["not_run"] = list(not_run)
         self.write()
 
 
@@ -180,5 +183,5 @@ def summary_rows(verdicts: list[dict[str, Any]]) -> list[str]:
         if not v["diagnostic_weights"] and v["verdict"] not in ("skipped", "error"):
             notes.append("weights " + "/".join(v["weights"]) + ": not evidence about the published model")
         lines.append(f"{v['claim']:<{width}}  {v['model']:<{mwidth}}  {v['verdict']:<15} "
-                     f"{passed}/{len(ctl):<13} {'; '.join(notes)}")
+                     f"{passed}/{len(ctl):<13} {'; '.join(notes)}".rstrip())
     return lines

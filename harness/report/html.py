@@ -14,7 +14,7 @@ import base64
 import hashlib
 import json
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +33,7 @@ from harness.report.htmlparts import (
     table,
     texts_table,
     timestamp,
+    with_iso_times,
 )
 from harness.report.htmlparts import esc as e
 from harness.report.tools import ReportError, load_report
@@ -52,20 +53,41 @@ def render(document: Mapping[str, Any], title: str = "claim-harness report") -> 
     verdicts += [v for v in aggregate(results) if (v["claim"], v["model"]) not in known]
     run: Mapping[str, Any] = document.get("run", {})
     claims = sorted({r["claim"] for r in results} | {v["claim"] for v in verdicts})
-    body = [f"<h1>{e(title)}</h1>", run_line(run), summary_grid(verdicts, claims)]
-    body += [claim_section(c, results, verdicts, document.get("models", {}), int(run.get("seed") or 0))
+    never = never_ran(run)
+    body = [f"<h1>{e(title)}</h1>", run_line(run), summary_grid(verdicts, claims, never)]
+    body += [claim_section(c, results, verdicts, document.get("models", {}), int(run.get("seed") or 0), never)
              for c in claims]
     body.append(run_section(run))
     head = f"<head><meta charset=\"utf-8\"><title>{e(title)}</title><style>{CSS}</style></head>"
     return f"<!DOCTYPE html>\n<html lang=\"en\">{head}\n<body>\n" + "\n".join(body) + "\n</body></html>\n"
 
 
+Never = dict[tuple[str, str], list[str]]  # (claim, model) -> protocols planned that never ran
+STATUS_TEXT = {"running": "still running, or stopped without finishing (killed): the results below are those "
+                          "written so far",
+               "interrupted": "interrupted before it finished",
+               "error": "ended with an internal error"}
+
+
+def never_ran(run: Mapping[str, Any]) -> Never:
+    found: Never = {}
+    for item in run.get("not_run") or []:
+        found.setdefault((item["claim"], item["model"]), []).append(item["protocol"])
+    return found
+
+
 def run_line(run: Mapping[str, Any]) -> str:
     git = run.get("git") or {}
     commit = f"{git.get('commit') or 'unknown'}{' (dirty)' if git.get('dirty') else ''}"
     status = str(run.get("status", "unknown"))
-    warn = "" if status == "complete" else f" <span class=\"problem\">run status: {e(status)}</span>"
-    return (f"<p class=\"run\">started {e(timestamp(run.get('started')))}, status <b>{e(status)}</b>{warn}; "
+    missing = len(run.get("not_run") or [])
+    if status == "complete" and not missing:
+        said = "status <b>complete</b>"
+    else:
+        why = STATUS_TEXT.get(status, f"status {status}")
+        never = f"; {missing} planned claim test(s) never ran (named under their claims)" if missing else ""
+        said = f"<span class=\"problem\">run {e(why)}{e(never)}</span>"
+    return (f"<p class=\"run\">started {e(timestamp(run.get('started')))}, {said}; "
             f"harness {e(run.get('harness_version'))}, git {e(commit)}, seed {e(run.get('seed'))}, "
             f"{e((run.get('device') or {}).get('platform', ''))}. "
             f"<a href=\"#run\">run provenance</a></p>")
@@ -76,14 +98,15 @@ def _models(verdicts: Iterable[Mapping[str, Any]]) -> list[str]:
     return sorted(names, key=lambda m: m != "published-data")
 
 
-def summary_grid(verdicts: list[dict[str, Any]], claims: list[str]) -> str:
+def summary_grid(verdicts: list[dict[str, Any]], claims: list[str], never: Never | None = None) -> str:
     """Claims x models, one coloured cell per verdict; `data-claim`/`data-model` name each cell."""
     models = _models(verdicts)
     by_key = {(v["claim"], v["model"]): v for v in verdicts}
     head = "<tr><th>claim \\ model</th>" + "".join(f"<th>{e(m)}</th>" for m in models) + "</tr>"
     rows = []
     for claim in claims:
-        cells = [grid_cell(by_key[(claim, m)]) if (claim, m) in by_key else ABSENT for m in models]
+        cells = [grid_cell(by_key[(claim, m)], (never or {}).get((claim, m), [])) if (claim, m) in by_key
+                 else ABSENT for m in models]
         rows.append(f"<tr><th><a href=\"#{slug(claim)}\">{e(claim)}</a></th>{''.join(cells)}</tr>")
     legend = " ".join(f"<span class=\"verdict v-{v}\">{v}</span>" for v in
                       ("reproduced", "fragile", "not_reproduced", "inconclusive", "skipped", "error"))
@@ -94,7 +117,7 @@ def summary_grid(verdicts: list[dict[str, Any]], claims: list[str]) -> str:
             "</section>")
 
 
-def grid_cell(v: Mapping[str, Any]) -> str:
+def grid_cell(v: Mapping[str, Any], never: Sequence[str] = ()) -> str:
     weak = not v.get("diagnostic_weights", False)
     notes = [mark("ND")] if v.get("non_diagnostic") else []
     if weak:
@@ -102,14 +125,16 @@ def grid_cell(v: Mapping[str, Any]) -> str:
         notes.append(f"<span class=\"note\">not evidence (weights: {e(weights)})</span>")
     controls = v.get("controls") or {}
     passed = sum(1 for x in controls.values() if x)
+    missing = f"; {len(never)} never ran" if never else ""
     return (f"<td class=\"v-{e(v['verdict'])}{' weak' if weak else ''}\" data-claim=\"{e(v['claim'])}\" "
             f"data-model=\"{e(v['model'])}\" data-verdict=\"{e(v['verdict'])}\">"
             f"<a href=\"#{slug(v['claim'], v['model'])}\">{e(v['verdict'])}</a>"
-            f"<br><span class=\"note\">controls {passed}/{len(controls)}</span> {' '.join(notes)}</td>")
+            f"<br><span class=\"note\">controls {passed}/{len(controls)} passed{missing}</span> "
+            f"{' '.join(notes)}</td>")
 
 
 def claim_section(claim: str, results: list[dict[str, Any]], verdicts: list[dict[str, Any]],
-                  models: Mapping[str, Any], seed: int) -> str:
+                  models: Mapping[str, Any], seed: int, never: Never | None = None) -> str:
     mine = [r for r in results if r["claim"] == claim]
     versions = sorted({str(r["claim_version"]) for r in mine if "claim_version" in r})
     params: Mapping[str, Any] = next((r["protocol_params"] for r in mine if r.get("protocol_params")), {})
@@ -118,17 +143,21 @@ def claim_section(claim: str, results: list[dict[str, Any]], verdicts: list[dict
              claim_source(claim, versions), "<h3>Protocol parameters</h3>", chips(params)]
     for v in [v for v in verdicts if v["claim"] == claim]:
         of_model = [r for r in mine if r["model"] == v["model"]]
-        parts.append(model_block(v, of_model, models.get(v["model"]), seed))
+        parts.append(model_block(v, of_model, models.get(v["model"]), seed,
+                                 (never or {}).get((claim, v["model"]), [])))
     return "\n".join(parts) + "</section>"
 
 
-def model_block(verdict: Mapping[str, Any], results: list[dict[str, Any]], info: Any, seed: int) -> str:
+def model_block(verdict: Mapping[str, Any], results: list[dict[str, Any]], info: Any, seed: int,
+                never: Sequence[str] = ()) -> str:
     model = verdict["model"]
     weak = "" if verdict.get("diagnostic_weights") else (
         f"<p class=\"note\">weights {e('/'.join(verdict.get('weights', [])))}: these results check that the "
         "protocol runs end to end; they are not evidence about the published model.</p>")
+    missing = (f"<p class=\"problem\">never ran (the run stopped before them): {e(', '.join(never))}; the "
+               "verdict rests on the protocols below only. Rerun to complete it.</p>") if never else ""
     parts = [f"<article id=\"{slug(verdict['claim'], model)}\"><h3>{e(model)} "
-             f"<span class=\"verdict v-{e(verdict['verdict'])}\">{e(verdict['verdict'])}</span></h3>", weak]
+             f"<span class=\"verdict v-{e(verdict['verdict'])}\">{e(verdict['verdict'])}</span></h3>", weak, missing]
     measured = [r for r in results if "reason" not in r]
     mains = [published_vs_observed(r) for r in measured if r["kind"] in MAIN_KINDS]
     if mains:
@@ -224,7 +253,8 @@ def result_data(res: Mapping[str, Any], seed: int) -> str:
     parts += [f"<p class=\"problem\">{e(res['protocol'])}: figure not drawn: {e(p)}</p>"
               for p in drawn.problems]
     texts = {k: rows for k, v in data.items() if k not in drawn.used and (rows := text_rows(v))}
-    parts += [texts_table(res["protocol"], k, rows, res["kind"] in MAIN_KINDS) for k, rows in texts.items()]
+    parts += [texts_table(res["protocol"], k, rows, res["kind"] in MAIN_KINDS, res.get("weights"))
+              for k, rows in texts.items()]
     rest = {k: v for k, v in data.items() if k not in {*drawn.used, *texts}}
     parts.append(other_data(res["protocol"], rest))
     return "\n".join(p for p in parts if p)
@@ -240,9 +270,9 @@ def figure_html(protocol: str, fig: Figure) -> str:
 
 def run_section(run: Mapping[str, Any]) -> str:
     keep = {k: v for k, v in run.items() if k != "merged_from"}
-    parts = ["<section id=\"run\"><h2>Run provenance</h2>", kv_table(keep)]
+    parts = ["<section id=\"run\"><h2>Run provenance</h2>", kv_table(with_iso_times(keep))]
     for i, source in enumerate(run.get("merged_from") or []):
-        parts += [f"<h3>merged input {i + 1}: {e(source.get('file', '?'))}</h3>", kv_table(source)]
+        parts += [f"<h3>merged input {i + 1}: {e(source.get('file', '?'))}</h3>", kv_table(with_iso_times(source))]
     return "\n".join(parts) + "</section>"
 
 
@@ -293,12 +323,34 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def checked(path: Path) -> dict[str, Any] | None:
+    """The report at `path`, validated against the schema; None after writing each problem (JSON path) to
+    stderr. Without jsonschema installed only the basic shape is checked, and stderr says so."""
+    from harness.report.tools import SCHEMA_VERSION, validate
+
+    try:
+        document = load_report(path)
+        problems = validate(document)
+    except ReportError as err:
+        if "jsonschema" not in str(err):
+            sys.stderr.write(f"error: {err}\n")
+            return None
+        sys.stderr.write(f"note: {path}: only the basic shape was checked ({err})\n")
+        return load_report(path)
+    for problem in problems:
+        sys.stderr.write(f"error: {path}: {problem}\n")
+    if problems:
+        sys.stderr.write(f"error: {path} does not match the claims report schema {SCHEMA_VERSION} ({len(problems)} "
+                         "problem(s) above, each at its JSON path); no page written: fix the fields or "
+                         "regenerate the report with the harness\n")
+        return None
+    return document
+
+
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
-    try:
-        document = load_report(args.report)
-    except ReportError as err:
-        sys.stderr.write(f"error: {err}\n")
+    document = checked(args.report)
+    if document is None:
         return 2
     out = write_page(document, args.html or args.report.with_suffix(".html"))
     sys.stdout.write(f"wrote {out}\n")

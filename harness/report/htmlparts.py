@@ -121,9 +121,18 @@ def chips(mapping: Mapping[str, Any]) -> str:
 
 
 def timestamp(value: Any) -> str:
-    if not isinstance(value, int | float):
+    """A Unix time as ISO 8601 in UTC (2026-03-01T14:05:09+00:00); 'unknown' when there is none."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
         return "unknown"
-    return dt.datetime.fromtimestamp(float(value), tz=dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return dt.datetime.fromtimestamp(float(value), tz=dt.UTC).isoformat(timespec="seconds")
+
+
+TIME_FIELDS = ("started", "finished")
+
+
+def with_iso_times(run: Mapping[str, Any]) -> dict[str, Any]:
+    """A run's provenance with its Unix times shown as ISO 8601 (the JSON report keeps the numbers)."""
+    return {k: timestamp(v) if k in TIME_FIELDS and v is not None else v for k, v in run.items()}
 
 
 def claim_source(claim_id: str, versions: Sequence[str]) -> str:
@@ -155,14 +164,22 @@ def _value_cell(value: Any) -> str:
     return f"<span class=\"note\">{esc(fmt(value))}</span>" if isinstance(value, dict) else esc(fmt(value))
 
 
-def texts_table(protocol: str, key: str, rows: Sequence[Mapping[str, Any]], open_: bool) -> str:
-    """Layout 6 of harness.report.figures: one row per object, one column per field, texts side by side."""
+NOT_LANGUAGE = ("tiny-model output: these weights are random or tiny, so the texts are not language; they show "
+                "that generation ran end to end. Bytes that do not form UTF-8 appear as \\xNN escapes.")
+
+
+def texts_table(protocol: str, key: str, rows: Sequence[Mapping[str, Any]], open_: bool,
+                weights: str | None = None) -> str:
+    """Layout 6 of harness.report.figures: one row per object, one column per field, texts side by side.
+    Texts from tiny or random weights are labelled as such."""
     columns = list(dict.fromkeys(k for row in rows for k in row))
     shown = rows[:TEXT_ROWS]
     more = f", the first {len(shown)} shown (all are in the JSON report)" if len(rows) > len(shown) else ""
-    body = "<div class=\"scroll\">" + table(columns, [[_value_cell(row.get(c)) for c in columns]
-                                                      for row in shown]) + "</div>"
-    return (f"<details{' open' if open_ else ''}><summary><b>{esc(protocol)}</b>: generated texts "
+    label = f"<p class=\"note\">{esc(NOT_LANGUAGE)}</p>" if weights in ("tiny", "random") else ""
+    body = label + "<div class=\"scroll\">" + table(columns, [[_value_cell(row.get(c)) for c in columns]
+                                                              for row in shown]) + "</div>"
+    title = "tiny-model output" if label else "generated texts"
+    return (f"<details{' open' if open_ else ''}><summary><b>{esc(protocol)}</b>: {title} "
             f"<code>{esc(key)}</code> ({len(rows)} rows{esc(more)})</summary>{body}</details>")
 
 

@@ -13,9 +13,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from matplotlib import rc_context
 from matplotlib.axes import Axes
 from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure as MplFigure
+from matplotlib.ticker import MaxNLocator
 from PIL import Image
 
 DPI = 80
@@ -64,13 +66,20 @@ def _png(fig: MplFigure) -> bytes:
     return palette.getvalue()
 
 
+# Tick labels stay short whatever the scale: an offset ("+0.958") once it saves two digits, and an exponent
+# outside 1e-3 .. 1e4. Read by each axis's formatter when the axes are made.
+COMPACT_TICKS = {"axes.formatter.offset_threshold": 2, "axes.formatter.limits": (-3, 4)}
+
+
 def _canvas(panels: int, height: float = 3.4, width: float = 4.6) -> tuple[MplFigure, list[Axes]]:
-    """A row of panels with fixed margins in inches (constrained layout costs more than the drawing)."""
+    """A row of panels with fixed margins in inches (constrained layout costs more than the drawing). The
+    right margin holds half of the last x tick label and the axis's exponent."""
     total = width * panels
     fig = MplFigure(figsize=(total, height))
-    fig.subplots_adjust(left=0.8 / total, right=1 - 0.15 / total, bottom=0.8 / height, top=1 - 0.35 / height,
-                        wspace=0.95 / (width - 0.95))
-    return fig, list(fig.subplots(1, panels, squeeze=False)[0])
+    fig.subplots_adjust(left=1.0 / total, right=1 - 0.45 / total, bottom=0.8 / height, top=1 - 0.4 / height,
+                        wspace=1.45 / (width - 1.45))
+    with rc_context(COMPACT_TICKS):
+        return fig, list(fig.subplots(1, panels, squeeze=False)[0])
 
 
 def as_numbers(values: Any, name: str) -> np.ndarray:
@@ -133,6 +142,7 @@ def two_sided_p(null: np.ndarray, observed: float) -> float:
 
 def _null_panel(ax: Axes, null: np.ndarray, observed: float, statistic: str, units: str) -> None:
     ax.hist(null, bins=40, color="#9aa7b8")
+    ax.xaxis.set_major_locator(MaxNLocator(nbins=5))  # signed decimals are wide: fewer ticks, none overlapping
     ax.axvline(observed, color="#b03a48", linewidth=2, label=f"observed = {observed:.4g}")
     ax.set(title="permutation null", xlabel=f"{statistic} ({units})", ylabel="relabellings (count)")
     ax.legend(fontsize=8)
@@ -181,6 +191,7 @@ def pr_figure(records: Records, result: Mapping[str, Any]) -> Figure:
                                          colors=colour, alpha=0.35, linewidths=1))
         ax.plot([0, 1], [early.mean(), late.mean()], color="black", linewidth=2.5, marker="o", label="mean")
         ax.set_xticks([0, 1], ticks)
+        ax.set_xlim(-0.5, 1.5)  # room for the two-line layer labels inside the panel
         ax.set_ylim(0, top * 1.08)
         ax.set(title=f"PR by layer: {condition} (n={early.size})", xlabel="layer (published indexing)",
                ylabel="participation ratio (effective dimensions)")
@@ -306,11 +317,13 @@ def layer_head_figure(key: str, spec: Mapping[str, Any]) -> Figure:
     limit = float(np.nanmax(np.abs(values))) or 1.0
     width, height = min(3.5 + 0.3 * values.shape[1], 12), min(2.2 + 0.16 * values.shape[0], 8)
     fig = MplFigure(figsize=(width, height))
-    fig.subplots_adjust(left=0.8 / width, right=1 - 0.2 / width, bottom=0.6 / height, top=1 - 0.4 / height)
-    ax = fig.subplots()
-    image = ax.imshow(values, cmap="RdBu_r", vmin=-limit, vmax=limit, aspect="auto", origin="lower",
-                      extent=(-0.5, values.shape[1] - 0.5, layers[0] - 0.5, layers[-1] + 0.5))
-    fig.colorbar(image, ax=ax, label=f"{metric} ({units})")
+    # the right margin holds the colour bar's ticks and label
+    fig.subplots_adjust(left=0.8 / width, right=1 - 1.0 / width, bottom=0.6 / height, top=1 - 0.4 / height)
+    with rc_context(COMPACT_TICKS):
+        ax = fig.subplots()
+        image = ax.imshow(values, cmap="RdBu_r", vmin=-limit, vmax=limit, aspect="auto", origin="lower",
+                          extent=(-0.5, values.shape[1] - 0.5, layers[0] - 0.5, layers[-1] + 0.5))
+        fig.colorbar(image, ax=ax, label=f"{metric} ({units})")
     ax.set(title=f"{metric} per layer and head", xlabel="head", ylabel="layer")
     caption = (f"{metric} for each of {values.shape[0]} layers x {values.shape[1]} heads; colour scale "
                f"symmetric about 0 (|max| = {limit:.4g} {units}).")

@@ -1,8 +1,11 @@
 """`python -m harness merge|diff|validate`: tools over claims JSON reports.
 
-- merge IN... -o OUT: one report from several (xdist workers, hosts): the union of results; a result with the
-  same (nodeid, claim, model, protocol) in several inputs is kept from the input that finished last; verdicts
-  are recomputed with harness.report.aggregate; each input's run provenance goes under run.merged_from.
+- merge IN... -o OUT [--prefer newer]: one report from several (xdist workers, hosts): the union of results.
+  A (claim, model, protocol) measured in several inputs must agree (pass/fail, outcome, observed figures);
+  when they disagree merge fails and lists each conflict, unless --prefer newer keeps the result of the input
+  that finished last (the overridden ones are listed under run.merge_conflicts). A skipped placeholder gives
+  way to a measured result. Verdicts are recomputed with harness.report.aggregate; each input's run
+  provenance goes under run.merged_from.
 - diff A B [--rtol R --atol A]: verdicts that changed, results present on one side only, and observed
   figures or pass/fail that changed beyond |a - b| <= atol + rtol * |a|. Exit 0 when none, 1 when some.
 - validate FILE...: against harness/report/schema/claims-report.schema.json (needs jsonschema). Exit 2 on failure.
@@ -85,7 +88,14 @@ def _finished(run: Mapping[str, Any]) -> float:
     return float(run.get("finished") or run.get("started") or 0.0)
 
 
-def merge(reports: Sequence[tuple[str, Mapping[str, Any]]]) -> dict[str, Any]:
+Key = tuple[str, str, str]
+
+
+def _measured(res: Mapping[str, Any]) -> bool:
+    return res.get("outcome") != "skipped"
+
+
+def merge(reports: Sequence[tuple[str, Mapping[str, Any]]], prefer: str | None = None) -> dict[str, Any]:
     """One report from several (name, document) pairs; see the module docstring."""
     if not reports:
         raise ReportError("merge: no input reports; pass at least one claims JSON report")
@@ -94,16 +104,31 @@ def merge(reports: Sequence[tuple[str, Mapping[str, Any]]]) -> dict[str, Any]:
         raise ReportError(f"merge: the inputs ran with different seeds ({seeds}); a merged report has one "
                           "seed: re-run the odd ones with --claim-seed, or keep them apart")
     ordered = sorted(reports, key=lambda item: _finished(item[1]["run"]))  # stable: ties keep argument order
-    results: dict[tuple[Any, ...], dict[str, Any]] = {}
-    for _, doc in ordered:
+    results: dict[Key, tuple[str, dict[str, Any]]] = {}
+    conflicts: list[str] = []
+    for name, doc in ordered:
         for res in doc["results"]:
-            results[(res.get("nodeid"), res["claim"], res["model"], res["protocol"])] = res
-    merged = list(results.values())
+            key = (res["claim"], res["model"], res["protocol"])
+            if key in results:
+                earlier, kept = results[key]
+                if _measured(kept) and not _measured(res):
+                    continue  # a skip does not replace a measurement
+                conflicts += [f"{line} ({earlier} -> {name})" for line in
+                              result_diff(" / ".join(key), kept, res, 1e-6, 1e-12) if _measured(kept)]
+            results[key] = (name, res)
+    if conflicts and prefer != "newer":
+        raise ReportError("merge: the inputs disagree on " + f"{len(conflicts)} figure(s):\n  "
+                          + "\n  ".join(conflicts) + "\nkeep them apart, or pass --prefer newer to keep the "
+                          "result of the input that finished last")
+    merged = [res for _, res in results.values()]
     models: dict[str, Any] = {}
     for _, doc in ordered:
         models.update(doc.get("models") or {})
-    return {"schema_version": SCHEMA_VERSION, "run": merged_run(ordered), "models": models,
-            "results": merged, "verdicts": aggregate(merged)}
+    run = merged_run(ordered)
+    if conflicts:
+        run["merge_conflicts"] = conflicts
+    return {"schema_version": SCHEMA_VERSION, "run": run, "models": models, "results": merged,
+            "verdicts": aggregate(merged)}
 
 
 def merged_run(ordered: Sequence[tuple[str, Mapping[str, Any]]]) -> dict[str, Any]:
@@ -203,6 +228,8 @@ def _parser() -> argparse.ArgumentParser:
     m = sub.add_parser("merge", help="merge reports from several workers or hosts")
     m.add_argument("inputs", nargs="+", type=Path, help="claims JSON reports, one per worker or host")
     m.add_argument("-o", "--output", type=Path, required=True, help="merged report ('-' for stdout)")
+    m.add_argument("--prefer", choices=("newer",), default=None, help="when inputs disagree on a result, keep "
+                   "the one from the input that finished last (default: fail and list the conflicts)")
     d = sub.add_parser("diff", help="compare two reports; exit 1 when they differ",
                        description="A difference is a changed verdict, a result on one side only, a changed "
                        "pass/fail, or an observed figure with |a - b| > atol + rtol * |a|.")
@@ -216,7 +243,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _merge(args: argparse.Namespace) -> int:
-    merged = merge([(str(p), load_report(p)) for p in args.inputs])
+    merged = merge([(str(p), load_report(p)) for p in args.inputs], args.prefer)
     text = json.dumps(merged, indent=2, allow_nan=False) + "\n"
     if str(args.output) == "-":
         sys.stdout.write(text)
