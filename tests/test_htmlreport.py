@@ -11,6 +11,8 @@ import base64
 import copy
 import io
 import json
+import subprocess
+import sys
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -296,3 +298,63 @@ def test_malformed_data_is_shown_as_a_problem_never_hidden(suite: SuiteRun) -> N
     doc["results"][0]["data"] = {"rfc_by_layer": bad, "mystery": {"a": 1}}
     text = render(doc)
     assert "figure not drawn" in text and "other data (mystery)" in text
+
+
+# ------------------------------------------------------------------------------- what the page says (issue 12) --
+
+def test_an_interrupted_run_says_so_once_and_names_what_never_ran(suite: SuiteRun) -> None:
+    doc = small(suite.document(), keep=2)
+    first = doc["results"][0]
+    never = [{"claim": first["claim"], "model": first["model"], "protocol": p, "nodeid": f"x::{p}"}
+             for p in ("control:n30", "control:permutation")]
+    doc["run"].update(status="interrupted", finished=None, not_run=never)
+    text = render(doc)
+    line = text.split("<p class=\"run\">", 1)[1].split("</p>", 1)[0]
+    assert line.count("interrupted") == 1 and "status <b>" not in line
+    assert "run interrupted before it finished; 2 planned claim test(s) never ran" in line
+    assert "never ran (the run stopped before them): control:n30, control:permutation" in text
+    assert "; 2 never ran</span>" in text  # in the grid cell of that claim and model
+
+
+def test_a_complete_run_says_complete(suite: SuiteRun) -> None:
+    line = render(small(suite.document())).split("<p class=\"run\">", 1)[1].split("</p>", 1)[0]
+    assert "status <b>complete</b>" in line and "problem" not in line
+
+
+def test_times_are_iso_8601(suite: SuiteRun) -> None:
+    doc = small(suite.document())
+    doc["run"].update(started=1796000000.25, finished=1796000123.0)
+    doc["run"]["merged_from"] = [{**doc["run"], "file": "a.json"}]
+    text = render(doc)
+    provenance = text.split("<section id=\"run\">", 1)[1]
+    assert provenance.count("2026-11-30T") == 4 and "e+09" not in text  # started and finished, run and input
+    assert "2026-11-30T00:53:20+00:00" in text and "2026-11-30T00:55:23+00:00" in text
+
+
+@pytest.mark.parametrize(("weights", "labelled"), [("tiny", True), ("random", True), ("pretrained", False)])
+def test_generated_texts_of_tiny_weights_are_labelled(weights: str, labelled: bool) -> None:
+    rows = [{"prompt": "p", "normal": "the cat\\xa1\\xa1", "ablated": "a a a"}]
+    res = {"protocol": "as_published", "kind": "as_published", "weights": weights, "data": {"prompts": rows}}
+    text = result_data(res, 0)
+    assert ("tiny-model output" in text) is labelled
+    assert ("appear as \\xNN escapes" in text) is labelled
+    assert "the cat\\xa1\\xa1" in text
+
+
+def run_cli(*argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "harness", *argv], capture_output=True, text=True, check=False,
+                          timeout=120)
+
+
+def test_report_validates_on_read_and_names_each_json_path(suite: SuiteRun, tmp_path: Path) -> None:
+    doc = suite.document()
+    doc["verdicts"][0]["verdict"] = "maybe"
+    gone = next(i for i, r in enumerate(doc["results"]) if "observed" in r)
+    del doc["results"][gone]["observed"]
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(doc), encoding="utf-8")
+    done = run_cli("report", str(bad))
+    assert done.returncode == 2
+    assert f"error: {bad}: $.verdicts[0].verdict: 'maybe' is not one of" in done.stderr
+    assert f"error: {bad}: $.results[{gone}].observed: missing (required)" in done.stderr
+    assert "no page written" in done.stderr and not bad.with_suffix(".html").exists()

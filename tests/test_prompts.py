@@ -81,14 +81,15 @@ def test_missing_file_names_the_path_and_the_format(tmp_path: Path) -> None:
 @pytest.mark.parametrize("text", ["[bank\nid = 'x'\n", '[categories]\nrecursive = ["a"\n'])
 def test_bad_toml_names_the_path(tmp_path: Path, text: str) -> None:
     path = write(tmp_path, text)
-    with pytest.raises(BankError, match=rf"prompt bank {path} is not valid UTF-8 TOML"):
+    with pytest.raises(BankError, match=rf"prompt bank {path} is not valid TOML \(.+\); fix the syntax there"):
         load_bank(path)
 
 
 def test_non_utf8_file_names_the_path(tmp_path: Path) -> None:
     path = tmp_path / "latin1.toml"
     path.write_bytes(BANK.replace("France", "Fran\u00e7e").encode("latin-1"))
-    with pytest.raises(BankError, match=rf"prompt bank {path} is not valid UTF-8 TOML"):
+    with pytest.raises(BankError, match=rf"prompt bank {path} is not UTF-8 \(byte 0xe7 at offset \d+\); save the "
+                                        "file as UTF-8"):
         load_bank(path)
 
 
@@ -167,3 +168,27 @@ def test_bank_for_override_that_is_missing_names_its_path(tmp_path: Path) -> Non
 def test_an_unknown_bank_name_names_the_expected_path() -> None:
     with pytest.raises(BankError, match=rf"prompt bank {PROMPTS_DIR / 'no_such_bank.toml'} does not exist"):
         find_bank("no_such_bank")
+
+
+@pytest.mark.parametrize("copy", ["Notice the noticing.", "  Notice the noticing. "])
+def test_a_prompt_listed_twice_in_a_category_is_an_error_naming_it(tmp_path: Path, copy: str) -> None:
+    path = write(tmp_path, BANK.replace('"Watch the watcher."', f'"Watch the watcher.", "{copy}"'))
+    with pytest.raises(BankError, match=r"prompt bank 'demo' \(.*demo.toml\): category 'recursive' lists the "
+                                         r"prompt '.*Notice the noticing\. ?' twice \(entries 1 and 3\)"):
+        load_bank(path)
+
+
+def test_the_same_prompt_in_two_categories_is_allowed(tmp_path: Path) -> None:
+    bank = load_bank(write(tmp_path, BANK.replace('"The capital of France is"', '"Watch the watcher."')))
+    assert bank.category("baseline") == ["Watch the watcher."]
+
+
+def test_the_categories_a_claim_names_must_be_in_its_bank(tmp_path: Path) -> None:
+    from harness.claimkit.prompts import check_claim_banks
+
+    claim = get_claim("rv_contraction")
+    assert set(check_claim_banks(claim).categories) >= {"recursive", "baseline"}
+    path = write(tmp_path, BANK.replace("baseline =", "other ="))
+    with pytest.raises(BankError, match=r"\[protocol\] reads prompt categories \['baseline'\].*given by "
+                                         r"--prompt-bank rv_contraction="):
+        check_claim_banks(claim, {"rv_contraction": path})

@@ -133,6 +133,13 @@ def test_impossible_device_requests_fail_clearly():
         worker_devices(None, 4, 0, 2)
     with pytest.raises(pytest.UsageError, match="no CUDA device"):
         worker_devices("cuda", 1, 0, 0)
+    with pytest.raises(pytest.UsageError, match=r"--device cuda:2: 2 GPU\(s\) visible \(cuda:0-cuda:1\)"):
+        worker_devices("cuda:2", 1, 0, 2)
+
+
+def test_a_gpu_named_by_number_is_the_one_used():
+    assert worker_devices("cuda:1", 1, 0, 2) == ["cuda:1"]
+    assert worker_devices("cuda:1", 1, 3, 2) == ["cuda:1"]  # every worker: the user named one GPU
 
 
 RECORDING_TESTS = """
@@ -176,16 +183,14 @@ def test_needs_weights(lm):
 """
 
 
-@pytest.mark.parametrize("extra", [[], ["--model-path", "mistral-7b-instruct-v0.2=/nonexistent/weights"]])
-def test_missing_weights_skip_with_the_fix(pytester, extra):
+def test_missing_weights_skip_with_the_fix(pytester):
+    """Weights not in the cache skip (a bad --model-path is an error instead: test_bad_input.py)."""
     pytester.makepyfile(MODEL_TEST)
     out = pytester.path / "claims.json"
-    result = pytester.runpytest_subprocess(*PLUGIN_ARGS, "--models", "mistral-7b-instruct-v0.2", *extra, "-rs",
+    result = pytester.runpytest_subprocess(*PLUGIN_ARGS, "--models", "mistral-7b-instruct-v0.2", "-rs",
                                            f"--claims-json={out}", "-p", "no:cacheprovider")
     result.assert_outcomes(skipped=1)
     result.stdout.fnmatch_lines(["*mistral-7b-instruct-v0.2*63a8b081*--model-path mistral-7b-instruct-v0.2=DIR*"])
-    if extra:
-        result.stdout.fnmatch_lines(["*/nonexistent/weights*not a directory*"])
     (verdict,) = json.loads(out.read_text())["verdicts"]
     assert verdict["verdict"] == "skipped"
 

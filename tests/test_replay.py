@@ -207,3 +207,20 @@ def test_cli_errors_exit_2_with_a_message(tmp_path: Path, capsys: pytest.Capture
     assert main(["rfc", str(truncated), "--json", "-"]) == 2
     captured = capsys.readouterr()
     assert "row 4" in captured.err and "re-export" in captured.err and captured.out == ""
+
+
+@pytest.mark.parametrize(("argv", "status"), [(["replay", "--help"], 0), (["replay", "-h"], 0), (["replay"], 2)],
+                         ids=["--help", "-h", "bare"])
+def test_replay_help_lists_the_subjects(argv: list[str], status: int) -> None:
+    done = subprocess.run([sys.executable, "-m", "harness", *argv], capture_output=True, text=True, check=False,
+                          timeout=120)
+    assert done.returncode == status
+    assert done.stdout.startswith("usage: python -m harness replay <subject> [args]")
+    assert "  rfc      RFC/RSI figures from a role-conditioning detailed_comparison CSV" in done.stdout
+    assert "unknown subject" not in done.stderr
+
+
+def test_replay_subject_help_is_argparse_help() -> None:
+    done = subprocess.run([sys.executable, "-m", "harness", "replay", "rfc", "--help"], capture_output=True,
+                          text=True, check=False, timeout=120)
+    assert done.returncode == 0 and "usage: python -m harness replay rfc" in done.stdout and "--against" in done.stdout

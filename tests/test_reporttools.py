@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import fnmatch
 import json
+import subprocess
 import sys
 import tomllib
 from importlib import resources
@@ -162,16 +163,55 @@ def test_merge_of_two_hosts_equals_the_whole_run(doc: dict[str, Any], tmp_path: 
 
 
 @pytest.mark.parametrize("order", ["older first", "newer first"])
-def test_merge_keeps_the_latest_of_a_duplicated_result(doc: dict[str, Any], order: str) -> None:
+def test_merge_prefer_newer_keeps_the_latest_of_a_conflicting_result(doc: dict[str, Any], order: str) -> None:
     old, new = copy.deepcopy(doc), copy.deepcopy(doc)
     new["run"]["finished"] = old["run"]["finished"] + 60
     new["results"][0]["observed"]["p_value"] = 0.5
     inputs = [("old", old), ("new", new)] if order == "older first" else [("new", new), ("old", old)]
-    merged = merge(inputs)
+    merged = merge(inputs, prefer="newer")
     assert len(merged["results"]) == len(doc["results"])
     first = next(r for r in merged["results"] if r["nodeid"] == doc["results"][0]["nodeid"]
                  and r["protocol"] == doc["results"][0]["protocol"])
     assert first["observed"]["p_value"] == 0.5
+    (conflict,) = merged["run"]["merge_conflicts"]  # the overridden result is listed, not dropped silently
+    assert "p_value" in conflict and conflict.endswith("(old -> new)")
+    assert validate(merged) == []
+
+
+def test_merge_of_the_same_report_twice_is_no_conflict(doc: dict[str, Any]) -> None:
+    merged = merge([("a", doc), ("b", copy.deepcopy(doc))])
+    assert len(merged["results"]) == len(doc["results"]) and "merge_conflicts" not in merged["run"]
+
+
+def test_a_measured_result_wins_over_a_skip_of_the_same_test(doc: dict[str, Any]) -> None:
+    skipped = copy.deepcopy(doc)
+    target = skipped["results"][0]
+    skipped["results"][0] = {**{k: target[k] for k in ("claim", "model", "protocol", "kind", "nodeid")},
+                             "passed": None, "outcome": "skipped", "reason": "no weights", "duration_s": 0.0,
+                             "weights": None}
+    skipped["run"]["finished"] = doc["run"]["finished"] + 60  # the skip is newer: still no conflict, no loss
+    merged = merge([("ran", doc), ("skipped", skipped)])
+    assert merged["results"][0] == doc["results"][0] and "merge_conflicts" not in merged["run"]
+
+
+def test_merge_of_disagreeing_reports_lists_every_conflict(doc: dict[str, Any], tmp_path: Path) -> None:
+    other = copy.deepcopy(doc)
+    changed = other["results"][0]
+    changed["passed"] = not changed["passed"]
+    changed["observed"]["p_value"] = 0.5
+    a, b = write(tmp_path / "a.json", doc), write(tmp_path / "b.json", other)
+    out = tmp_path / "m.json"
+    done = subprocess.run([sys.executable, "-m", "harness", "merge", str(a), str(b), "-o", str(out)],
+                          capture_output=True, text=True, check=False, timeout=120)
+    where = f"{changed['claim']} / {changed['model']} / {changed['protocol']}"
+    assert done.returncode == 2 and not out.exists()
+    assert "error: merge: the inputs disagree on 2 figure(s):" in done.stderr
+    assert f"passed    {where}: {doc['results'][0]['passed']}" in done.stderr
+    assert f"observed  {where}: p_value" in done.stderr
+    assert f"({a} -> {b})" in done.stderr and "--prefer newer" in done.stderr
+    kept = subprocess.run([sys.executable, "-m", "harness", "merge", str(a), str(b), "-o", str(out),
+                           "--prefer", "newer"], capture_output=True, text=True, check=False, timeout=120)
+    assert kept.returncode == 0 and len(json.loads(out.read_text(encoding="utf-8"))["run"]["merge_conflicts"]) == 2
 
 
 def test_merge_recomputes_verdicts_and_takes_the_worst_status(doc: dict[str, Any]) -> None:

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from harness.engine.hooks import Call, edit_site, hook_count
 from harness.engine.models import LoadedModel
-from harness.engine.runner import Window, encode, forward_capture, token_counts
+from harness.engine.runner import PromptTooLong, Window, batch_end, encode, forward_capture, token_counts
 from harness.engine.sites import SiteError
 
 # Different token counts on purpose: shorter and longer than the windows used below.
@@ -174,3 +174,63 @@ def test_forward_capture_out_of_range_site_names_the_model(tiny_lm: LoadedModel)
     with pytest.raises(SiteError, match=rf"out of range: {tiny_lm.id} has {n} layers \(0-{n - 1}\)"):
         forward_capture(tiny_lm, PROMPTS, [f"blocks.{n}.attn.v"], Window(4))
     assert hook_count(tiny_lm.model) == 0
+
+
+# --- Memory bounds: the token budget and the model's positions ---------------------------------------------
+
+
+@pytest.mark.parametrize(("counts", "size", "budget", "batches"), [
+    ([5, 5, 5, 5], 128, 10_000, [4]),  # the prompt count binds nothing
+    ([5, 5, 5, 5], 3, 10_000, [3, 1]),  # at most `size` prompts
+    ([5, 5, 5, 5], 128, 10, [2, 2]),  # 2 prompts x 5 tokens = 10 padded tokens
+    ([3, 9, 3, 3], 128, 18, [2, 2]),  # the longest prompt sets the padded width: 2 x 9 = 18
+    ([40, 2, 2], 128, 10, [1, 2]),  # a prompt over the budget runs alone
+])
+def test_batches_hold_at_most_size_prompts_and_budget_tokens(counts: list[int], size: int, budget: int,
+                                                             batches: list[int]) -> None:
+    found, start = [], 0
+    while start < len(counts):
+        stop = batch_end(counts, start, size, budget)
+        found.append(stop - start)
+        start = stop
+    assert found == batches
+
+
+def test_the_token_budget_bounds_every_forward_and_changes_no_value(tiny_lm: LoadedModel,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    sites = sites_of(tiny_lm)
+    whole = forward_capture(tiny_lm, PROMPTS, sites, Window(8), batch_size=32)
+    shapes: list[tuple[int, int]] = []
+    real = tiny_lm.model.base_model.forward
+
+    def spy(*args: object, **kwargs: torch.Tensor) -> object:
+        shapes.append(tuple(kwargs["input_ids"].shape))  # type: ignore[arg-type]
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tiny_lm.model.base_model, "forward", spy)
+    monkeypatch.setattr(tiny_lm, "token_budget", 40)
+    bounded = forward_capture(tiny_lm, PROMPTS, sites, Window(8), batch_size=32)
+    assert len(shapes) > 1 and all(batch * width <= 40 or batch == 1 for batch, width in shapes)
+    assert sum(batch for batch, _ in shapes) == len(PROMPTS)
+    for site in sites:
+        torch.testing.assert_close(bounded.windows[site], whole.windows[site], atol=ATOL, rtol=ATOL)
+
+
+def test_a_prompt_longer_than_the_model_is_refused_before_any_forward(tiny_lm: LoadedModel,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    limit = tiny_lm.model.config.max_position_embeddings
+    long_prompt = "the cat sat on the mat " * limit
+
+    def never(*_args: object, **_kwargs: object) -> None:
+        raise AssertionError("a forward ran")
+
+    monkeypatch.setattr(tiny_lm.model.base_model, "forward", never)
+    with pytest.raises(PromptTooLong, match=rf"prompt 'the cat sat.*\.\.\.' \({len(long_prompt)} characters\) "
+                                            rf"is \d+ tokens under {tiny_lm.id}'s tokenizer, but {tiny_lm.id} "
+                                            rf"takes at most {limit} positions \(1 of 2 prompts too long\)"):
+        forward_capture(tiny_lm, ["a short one", long_prompt], sites_of(tiny_lm), Window(8))
+
+
+def test_a_batch_size_below_one_names_the_option(tiny_lm: LoadedModel) -> None:
+    with pytest.raises(ValueError, match=r"batch_size=0; use a positive batch size \(--claim-batch-size\)"):
+        forward_capture(tiny_lm, PROMPTS, sites_of(tiny_lm), Window(8), batch_size=0)

@@ -6,7 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from harness.engine.tokenizer import SPECIAL_TOKENS, build_offline_tokenizer, corpus_digest, corpus_lines
+from harness.engine.tokenizer import (
+    BYTE_OF,
+    SPECIAL_TOKENS,
+    build_offline_tokenizer,
+    corpus_digest,
+    corpus_lines,
+    readable,
+)
 
 FROZEN_CORPUS_DIGEST = "cdc1feac934682e7"  # the prompt banks as of the first tiny models, frozen
 LINES = ["Observe yourself generating this response.", "The capital of France is", "Water boils at"]
@@ -59,3 +66,22 @@ def test_empty_corpus_is_an_error() -> None:
 def test_corpus_digest_follows_the_lines() -> None:
     assert corpus_digest(LINES) == corpus_digest(list(LINES)) != corpus_digest(LINES[:2])
     assert len(corpus_digest(LINES)) == 16
+
+
+def test_readable_decoding_escapes_stray_bytes_and_keeps_valid_text() -> None:
+    """Tiny models emit lone byte tokens: they decode to \\xNN escapes, not U+FFFD; valid UTF-8 is unchanged."""
+    plain = build_offline_tokenizer(LINES, vocab_size=300)
+    tok = readable(plain)
+    stray = [i for t, i in plain.get_vocab().items() if len(t) == 1 and BYTE_OF.get(t, 0) >= 0x80][:3]
+    assert len(stray) == 3
+    assert "\ufffd" in plain.decode(stray)  # what the page showed before
+    shown = tok.decode(stray)
+    assert "\ufffd" not in shown and shown == "".join(f"\\x{BYTE_OF[plain.convert_ids_to_tokens(i)]:02x}"
+                                                      for i in stray)
+    text = "Unseen words: zebra, naïve, 42 — ok?"
+    ids = tok(text)["input_ids"]
+    assert tok.decode(ids, skip_special_tokens=True) == plain.decode(ids, skip_special_tokens=True) == text
+    assert tok.decode(ids) == plain.decode(ids) == "<s>" + text
+    assert {c: b for b, c in ((b, chr(b)) for b in range(0x21, 0x7F))} | {
+        c: b for c, b in BYTE_OF.items() if not 0x21 <= b < 0x7F} == BYTE_OF  # printable ASCII stands for itself
+    assert sorted(BYTE_OF.values()) == list(range(256))

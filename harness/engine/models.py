@@ -211,11 +211,11 @@ def _how_to_provide(spec: ModelSpec) -> str:
     )
 
 
-def _not_cached(spec: ModelSpec, err: OSError) -> ModelUnavailable:
+def _not_cached(spec: ModelSpec) -> ModelUnavailable:
+    """Offline, transformers reports a missing snapshot as a failed connection; say what it means here."""
     return ModelUnavailable(
         f"the weights of {spec.id!r} ({spec.hf_id} @ {spec.revision}) are not in the local Hugging Face cache "
-        f"at the pinned revision, and this run does not download; {_how_to_provide(spec)} "
-        f"[transformers said: {err.__class__.__name__}: {str(err).splitlines()[0][:200]}]")
+        f"at the pinned revision, and this run does not download; {_how_to_provide(spec)}")
 
 
 def _path_error(spec: ModelSpec, path: Path, err: Exception) -> ModelPathError:
@@ -261,11 +261,11 @@ def load(
     try:
         model = _from_pretrained(source, revision, DTYPES[spec.dtype], devices, local_only)
         tokenizer = AutoTokenizer.from_pretrained(source, revision=revision, local_files_only=local_only)
-    except (OSError, ValueError, RuntimeError) as err:
+    except Exception as err:  # re-raised below, as what it means for this model
         if model_path is not None:  # the user named this directory: what is wrong with it is an error
             raise _path_error(spec, model_path, err) from err
         if isinstance(err, OSError) and local_only:
-            raise _not_cached(spec, err) from err
+            raise _not_cached(spec) from err
         if isinstance(err, OSError):
             raise ModelUnavailable(f"the weights of {spec.id!r} ({spec.hf_id} @ {spec.revision}) could not be "
                                    f"fetched ({err.__class__.__name__}: {str(err).splitlines()[0][:200]}); "
@@ -304,8 +304,8 @@ def _load_random(spec: ModelSpec, devices: Sequence[str], seed: int) -> LoadedMo
     resolved = f"random:seed{seed}:{_digest(architecture(spec))}"
     provenance = {"tokenizer": f"harness-offline-bpe:{corpus_digest(lines)}", "random_seed": seed,
                   "weight_seed": weight_seed, "devices": list(devices)}
-    return LoadedModel(spec, model, _prepared(readable(tokenizer)), "random", resolved, f"fixtures/models/{spec.config}",
-                       provenance)
+    return LoadedModel(spec, model, _prepared(readable(tokenizer)), "random", resolved,
+                       f"fixtures/models/{spec.config}", provenance)
 
 
 def _prepared(tokenizer: Any) -> Any:

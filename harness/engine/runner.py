@@ -34,20 +34,23 @@ def position_limit(lm: LoadedModel) -> int | None:
     return value if isinstance(value, int) and value > 0 else None
 
 
-def shorten(text: str, width: int = 80) -> str:
-    return text if len(text) <= width else f"{text[: width - 30]}...{text[-20:]} ({len(text)} characters)"
+def shorten(text: str, width: int = 60) -> str:
+    """A prompt as an error shows it: quoted, cut after `width` characters with its full length."""
+    return repr(text) if len(text) <= width else f"{text[:width] + '...'!r} ({len(text)} characters)"
 
 
 def check_lengths(lm: LoadedModel, prompts: Sequence[str], counts: Sequence[int], reserve: int = 0) -> None:
     """PromptTooLong naming the first prompt whose tokens (plus `reserve` generated ones) exceed the limit."""
     limit = position_limit(lm)
-    over = [(p, n) for p, n in zip(prompts, counts, strict=True) if limit is not None and n + reserve > limit]
+    if limit is None:
+        return
+    over = [(p, n) for p, n in zip(prompts, counts, strict=True) if n + reserve > limit]
     if not over:
         return
     prompt, count = over[0]
     room = (f"{limit} positions" if not reserve else
             f"{limit} positions, {limit - reserve} for the prompt once {reserve} are kept for generated tokens")
-    raise PromptTooLong(f"prompt {shorten(prompt)!r} is {count} tokens under {lm.id}'s tokenizer, but {lm.id} "
+    raise PromptTooLong(f"prompt {shorten(prompt)} is {count} tokens under {lm.id}'s tokenizer, but {lm.id} "
                         f"takes at most {room} ({len(over)} of {len(prompts)} prompts too long); shorten or "
                         "remove the prompt(s)")
 

@@ -36,16 +36,17 @@ class OfflineTokenizer(PreTrainedTokenizerFast):
     escapes instead of U+FFFD. Tiny and random-weight models emit stray byte tokens all the time; this way
     their texts show what was generated. Text that is valid UTF-8 decodes exactly as before."""
 
-    def _decode(self, token_ids: int | list[int], skip_special_tokens: bool = False,  # type: ignore[override]
+    def _decode(self, token_ids: int | list[int], skip_special_tokens: bool = False,
                 clean_up_tokenization_spaces: bool | None = None, **kwargs: Any) -> str:
         ids = [token_ids] if isinstance(token_ids, int) else list(token_ids)
         skip = set(self.all_special_ids) if skip_special_tokens else set()
-        pieces = [self._tokenizer.id_to_token(i) or "" for i in ids if i not in skip]
+        core = self.backend_tokenizer
+        pieces = [core.id_to_token(i) or "" for i in ids if i not in skip]
         raw = bytes(BYTE_OF.get(c, 0x3F) for piece in pieces for c in piece)  # 0x3F: "?" for a foreign char
         return raw.decode("utf-8", errors="backslashreplace")
 
 
-def readable(tokenizer: PreTrainedTokenizerFast) -> OfflineTokenizer:
+def readable(tokenizer: Any) -> OfflineTokenizer:
     """The same offline tokenizer (vocabulary, specials, padding side), decoding with escapes."""
     return OfflineTokenizer(tokenizer_object=tokenizer.backend_tokenizer, bos_token=tokenizer.bos_token,
                             eos_token=tokenizer.eos_token, pad_token=tokenizer.pad_token,

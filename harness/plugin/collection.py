@@ -69,6 +69,16 @@ def applicable_models(claim: Claim, opts: Options) -> list[str]:
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Parametrize a claim test over its models. A usage error found here (a bad claim file, bank or option)
+    is kept and raised once collection ends: one message, not a collection error with a traceback."""
+    try:
+        parametrize(metafunc)
+    except pytest.UsageError as err:
+        found = state(metafunc.config).usage_errors
+        found.extend(line for line in err.args if line not in found)
+
+
+def parametrize(metafunc: pytest.Metafunc) -> None:
     marker = metafunc.definition.get_closest_marker("claim")
     if marker is None:
         if "model_id" in metafunc.fixturenames:
@@ -89,7 +99,9 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     metafunc.parametrize("model_id", params, scope="session", indirect=True)
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if state(config).usage_errors:
+        raise pytest.UsageError(*state(config).usage_errors)
     for item in items:
         marker = item.get_closest_marker("claim")
         if marker is None:

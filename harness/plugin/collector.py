@@ -36,6 +36,9 @@ class ReportCollector:
         self.page: Path | None = None  # the HTML claims page, once written
         self.plan: dict[str, Ident] = {}  # nodeid -> ident of every selected claim item
         self.write_error: str | None = None  # why the last write failed; None once a write succeeds
+        self.failed_writes: list[str] = []  # every failed write, also those a later write made good
+        self.page_error: str | None = None
+        self.crashes: list[dict[str, str]] = []  # tests a pytest-xdist worker died in (kept in the report)
         self._seen: set[tuple[str, str]] = set()
         self._started = time.time()
 
@@ -57,9 +60,13 @@ class ReportCollector:
             self.write_error = None
         except OSError as err:
             self.write_error = f"{err.__class__.__name__}: {err}"
+            self.failed_writes.append(self.write_error)
 
     def add(self, result: dict[str, Any]) -> None:
-        self._write(lambda: self._report().add(result))
+        report = self._report()
+        if "reason" not in result:  # a measurement replaces the placeholder of an earlier, lost attempt
+            report.results = [r for r in report.results if not ("reason" in r and r["nodeid"] == result["nodeid"])]
+        self._write(lambda: report.add(result))
 
     # ------------------------------------------------------------------------------------------- plan --
 
@@ -92,12 +99,12 @@ class ReportCollector:
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        props = report.user_properties
-        results: list[dict[str, Any]] = [v for k, v in props if k == RESULT_KEY]  # type: ignore[misc]
-        ident: Ident | None = next((v for k, v in props if k == ITEM_KEY), None)  # type: ignore[misc]
+        props: list[tuple[str, Any]] = list(report.user_properties)
+        results: list[dict[str, Any]] = [v for k, v in props if k == RESULT_KEY]
+        ident: Ident | None = next((v for k, v in props if k == ITEM_KEY), None)
         for k, v in props:
             if k == PLAN_KEY:  # a pytest-xdist worker's plan, sent with its first report
-                self.plan.update(v)  # type: ignore[arg-type]
+                self.plan.update(v)
         report.user_properties = [(k, v) for k, v in props if k not in (RESULT_KEY, ITEM_KEY, PLAN_KEY)]
         ident = ident or self.plan.get(report.nodeid)
         if report.when == "call":
@@ -108,7 +115,8 @@ class ReportCollector:
         elif report.when == "setup" and ident is not None and not report.passed:
             self.add(placeholder(ident, report, "skipped" if report.skipped else "error"))
         elif report.when not in ("setup", "teardown") and ident is not None and report.failed:
-            # pytest-xdist reports a test whose worker died with when="???": the test is lost, say so
+            # pytest-xdist reports a test whose worker died with when="???": lost unless a new worker reruns it
+            self.crashes.append({"nodeid": report.nodeid, "reason": str(report.longreprtext)[-500:]})
             self.add(placeholder(ident, report, "error"))
 
     def not_run(self) -> list[dict[str, str]]:
@@ -123,13 +131,15 @@ class ReportCollector:
         from harness.report.html import write_page
 
         status = {2: "interrupted", 3: "error"}.get(int(exitstatus), "complete")
-        self._write(lambda: self.report.finish(status, self.not_run()))  # type: ignore[union-attr]
-        self.page = report_paths(self.config).get("--claims-html")
-        if self.page is not None and self.write_error is None:
+        report = self.report
+        self._write(lambda: report.finish(status, not_run=self.not_run(), worker_crashes=self.crashes))
+        page = report_paths(self.config).get("--claims-html")
+        if page is not None and self.write_error is None:
             try:
-                write_page(self.report.document(), self.page)
+                self.page = write_page(report.document(), page)
             except OSError as err:
-                self.write_error, self.page = f"the page {self.page}: {err.__class__.__name__}: {err}", None
+                self.page_error = f"claims page NOT written to {page} ({err.__class__.__name__}: {err}); the " \
+                                  "previous page there is unchanged: python -m harness report renders it again"
         if self.write_error is not None or (self.unverified() and not self.config.getoption("--allow-unverified")):
             session.exitstatus = max(int(session.exitstatus), int(pytest.ExitCode.TESTS_FAILED))
 
@@ -160,7 +170,11 @@ class ReportCollector:
 
 def plan_of(items: list[pytest.Item]) -> dict[str, Ident]:
     """nodeid -> (claim, model, protocol) of every claim item, from the identity collection gave it."""
-    return {item.nodeid: dict(v) for item in items for k, v in item.user_properties if k == ITEM_KEY}
+    plan: dict[str, Ident] = {}
+    for item in items:
+        props: list[tuple[str, Any]] = list(item.user_properties)
+        plan.update((item.nodeid, dict(v)) for k, v in props if k == ITEM_KEY)
+    return plan
 
 
 class PlanSender:

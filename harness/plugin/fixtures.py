@@ -28,27 +28,41 @@ class ModelCache:
     def __init__(self, opts: Options, size: int = 2) -> None:
         self.opts, self.size = opts, size
         self._loaded: OrderedDict[str, Any] = OrderedDict()
+        self.unavailable: dict[str, str] = {}  # model -> why its weights are missing (a skip)
+        self.broken: dict[str, str] = {}  # model -> why the directory the user named does not load (an error)
 
     def get(self, model_id: str) -> LoadedModel:
-        """The loaded model; a model without weights skips the test (the summary gives the fix once)."""
-        from harness.engine.models import ModelUnavailable, load
-
+        """The loaded model. Missing weights skip the test (the summary gives the fix once); a failed load is
+        remembered, so later tests do not try again."""
         if model_id in self._loaded:
             self._loaded.move_to_end(model_id)
             return self._loaded[model_id]
+        if model_id in self.unavailable:
+            pytest.skip(self.unavailable[model_id])
         while len(self._loaded) >= self.size:
             self._loaded.popitem(last=False)
             free_device_memory()
-        opts = self.opts
-        try:
-            lm = load(opts.registry[model_id], weights=opts.weights, device=opts.device,
-                      model_path=opts.model_paths.get(model_id), cache_dir=opts.cache_dir, seed=opts.seed,
-                      allow_download=opts.allow_download, shard_devices=opts.shard_devices)
-        except ModelUnavailable as err:
-            pytest.skip(str(err))
-        lm.token_budget = opts.token_budget
+        lm = self._load(model_id)
+        if lm is None:
+            pytest.skip(self.unavailable[model_id])
+        lm.token_budget = self.opts.token_budget
         self._loaded[model_id] = lm
         return lm
+
+    def _load(self, model_id: str) -> LoadedModel | None:
+        from harness.engine.models import ModelPathError, ModelUnavailable, load
+
+        opts = self.opts
+        try:
+            return load(opts.registry[model_id], weights=opts.weights, device=opts.device,
+                        model_path=opts.model_paths.get(model_id), cache_dir=opts.cache_dir, seed=opts.seed,
+                        allow_download=opts.allow_download, shard_devices=opts.shard_devices)
+        except ModelUnavailable as err:
+            self.unavailable[model_id] = str(err)
+        except ModelPathError as err:
+            self.broken[model_id] = str(err)
+            raise
+        return None
 
     def clear(self) -> None:
         self._loaded.clear()
@@ -88,10 +102,12 @@ def lm(request: pytest.FixtureRequest, model_id: str, model_cache: ModelCache) -
     load from a path the user gave is an error, given in full once per run."""
     from harness.engine.models import ModelPathError
 
-    try:
-        return model_cache.get(model_id)
-    except ModelPathError as err:
-        fail_once(request, ("load", model_id), str(err), f"{model_id} did not load")
+    if model_id not in model_cache.broken:
+        try:
+            return model_cache.get(model_id)
+        except ModelPathError:
+            pass  # remembered in model_cache.broken; failed below, outside this handler (no chained traceback)
+    fail_once(request, ("load", model_id), model_cache.broken[model_id], f"{model_id} did not load")
 
 
 def fail_once(request: pytest.FixtureRequest, key: tuple[str, ...], message: str, short: str) -> NoReturn:
@@ -153,12 +169,15 @@ def fits(request: pytest.FixtureRequest, bank: PromptBank, claim: Claim, lm: Loa
         fail_once(request, key, "", f"prompt bank {bank.id!r} does not fit {lm.id}")
     new_tokens = claim.protocol.get("max_new_tokens", 0)
     reserve = new_tokens if isinstance(new_tokens, int) else 0
+    problem = None
     for category, prompts in bank.categories.items():
         try:
             check_lengths(lm, prompts, token_counts(lm, prompts), reserve)
         except PromptTooLong as err:
-            fail_once(request, key, f"prompt bank {bank.id!r} ({bank.path}), category {category!r}: {err}",
-                      f"prompt bank {bank.id!r} does not fit {lm.id}")
+            problem = f"prompt bank {bank.id!r} ({bank.path}), category {category!r}: {err}"
+            break
+    if problem is not None:  # failed outside the handler: one message, no chained traceback
+        fail_once(request, key, problem, f"prompt bank {bank.id!r} does not fit {lm.id}")
     state(request.config).fitted.add(key)
 
 

@@ -45,7 +45,6 @@ class Options:
     cache_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix=CACHE_PREFIX)))
 
 
-
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("claim-harness", "published-claim verification")
     group.addoption("--models", default=None, help="comma-separated model ids (default: the tiny set, or the "
@@ -172,8 +171,9 @@ def build(config: pytest.Config) -> Options:
     for model_id in model_paths:
         if model_id not in registry:
             close = difflib.get_close_matches(model_id, registry, 1)
-            raise pytest.UsageError(f"--model-path {model_id}=...: unknown model {model_id!r}"
-                                    f"{f' (did you mean {close[0]!r}?)' if close else ''}; known: {', '.join(registry)}")
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise pytest.UsageError(f"--model-path {model_id}=...: unknown model {model_id!r}{hint}; known: "
+                                    f"{', '.join(registry)}")
     devices = worker_devices(config.getoption("--device"), config.getoption("--gpus-per-model"),
                              worker_index(config), _gpu_count())
     given = config.getoption("--published-dir")

@@ -27,6 +27,7 @@ class State:
     banks: dict[str, PromptBank] = field(default_factory=dict)  # claim id -> its checked prompt bank
     failures: dict[tuple[str, ...], str] = field(default_factory=dict)  # said once: key -> the first nodeid
     fitted: set[tuple[str, ...]] = field(default_factory=set)  # (bank, model) pairs whose prompts fit
+    usage_errors: list[str] = field(default_factory=list)  # found while collecting, raised once it ends
     _options: Options | None = None
 
     def options(self) -> Options:
@@ -53,7 +54,11 @@ def interrupt_on_sigterm(config: pytest.Config) -> None:
         raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}: the run was asked to stop")
 
     signal.signal(signal.SIGTERM, interrupt)
-    config.add_cleanup(partial(signal.signal, signal.SIGTERM, signal.SIG_DFL))
+    config.add_cleanup(restore_sigterm)
+
+
+def restore_sigterm() -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 state_key = pytest.StashKey[State]()

@@ -26,9 +26,15 @@ def skipped_by_model(results: list[dict[str, Any]]) -> dict[str, tuple[int, str]
     found: dict[str, tuple[int, str]] = {}
     for res in results:
         if res.get("outcome") == "skipped":
-            count, reason = found.get(res["model"], (0, str(res.get("reason") or "no reason recorded")))
-            found[res["model"]] = (count + 1, reason)
+            reason = str(res.get("reason") or "no reason recorded").removeprefix("Skipped: ")
+            count, first = found.get(res["model"], (0, reason))
+            found[res["model"]] = (count + 1, first)
     return found
+
+
+def pytest_lists_skips(config: Any) -> bool:
+    """Whether pytest's short summary already gives each skip reason (-rs, -ra, -rA)."""
+    return any(c in (config.getoption("reportchars") or "") for c in "saA")
 
 
 def closing_lines(collector: ReportCollector, opts: Options) -> list[Line]:
@@ -37,10 +43,16 @@ def closing_lines(collector: ReportCollector, opts: Options) -> list[Line]:
     results = collector.report.results if collector.report else []
     lines: list[Line] = []
     skipped = skipped_by_model(results)
-    if skipped:
+    if skipped and not pytest_lists_skips(collector.config):
         lines.append(("claim tests skipped, by model (each reason given once):", {"yellow": True}))
         lines += [(f"  {model}: {n} skipped: {reason}", {}) for model, (n, reason) in skipped.items()]
     lines += [(line, {"yellow": True}) for line in unused_model_paths(opts)]
+    if collector.failed_writes and collector.write_error is None:
+        lines.append((f"{len(collector.failed_writes)} write(s) of the claims report failed "
+                      f"({collector.failed_writes[0]}) and a later one succeeded: the report is complete",
+                      {"yellow": True}))
+    if collector.page_error:
+        lines.append((collector.page_error, {"yellow": True}))
     never = collector.not_run()
     if never:
         shown = ", ".join(f"{i['claim']}/{i['protocol']} on {i['model']}" for i in never[:6])

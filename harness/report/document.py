@@ -156,14 +156,14 @@ class Report:
     def write(self) -> None:
         atomic_write(self.path, json.dumps(self.document(), indent=2, sort_keys=False, allow_nan=False) + "\n")
 
-    def finish(self, status: str, not_run: list[dict[str, str]] | None = None) -> None:
-        """Close the run: status, wall time, peak memory, and the planned items that never ran."""
+    def finish(self, status: str, **extra: Any) -> None:
+        """Close the run: status, wall time, peak memory, and what else the run recorded (`extra`, e.g. the
+        planned items that never ran); empty extras are left out."""
         peaks = [peak_memory()] + [r["resources"] for r in self.results if r.get("resources")]
         self._run.update(finished=time.time(), status=status, wall_s=time.time() - self.started,
                          peak_memory={key: max((p.get(key) or 0 for p in peaks), default=0) or None
                                       for key in ("gpu_bytes", "rss_bytes")})
-        if not_run:
-            self._run["not_run"] = list(not_run)
+        self._run.update({key: jsonable(value) for key, value in extra.items() if value})
         self.write()
 
 

@@ -68,7 +68,7 @@ def _png(fig: MplFigure) -> bytes:
 
 # Tick labels stay short whatever the scale: an offset ("+0.958") once it saves two digits, and an exponent
 # outside 1e-3 .. 1e4. Read by each axis's formatter when the axes are made.
-COMPACT_TICKS = {"axes.formatter.offset_threshold": 2, "axes.formatter.limits": (-3, 4)}
+COMPACT_TICKS: dict[Any, Any] = {"axes.formatter.offset_threshold": 2, "axes.formatter.limits": (-3, 4)}
 
 
 def _canvas(panels: int, height: float = 3.4, width: float = 4.6) -> tuple[MplFigure, list[Axes]]:
