@@ -155,22 +155,27 @@ POINTS = [("collected", 1), *((kind, i) for kind in ("setup", "call", "teardown"
                               for i in range(1, ITEMS + 1))]
 
 
-def draws(n: int) -> list[tuple[str, str, int]]:
-    """n seeded-random (signal, event, index) points."""
-    rng = random.Random(SEED)
-    return [(rng.choice(("SIGINT", "SIGTERM")), *rng.choice(POINTS)) for _ in range(n)]
+def opted_in(config: pytest.Config) -> bool:
+    """Whether the run asked for the slow tier by name (`-m slow`): only then is every point injected."""
+    expression = config.getoption("markexpr") or ""
+    return "slow" in expression and "not slow" not in expression
 
 
-def every_point() -> list[Any]:
-    return [pytest.param(sig, kind, index, marks=pytest.mark.slow, id=f"{sig}-{kind}{index}")
-            for sig in ("SIGINT", "SIGTERM") for kind, index in POINTS]
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Signals: a sample of two points by default (a SIGINT mid-run and a SIGTERM at a seeded-random point),
+    every point of both signals under `-m slow`. The default suite runs `slow` tests too, so the full sweep
+    (minutes on two cores) is opt-in, not merely marked."""
+    if metafunc.function.__name__ != "test_a_signal_keeps_the_report_and_a_rerun_completes_it":
+        return
+    if opted_in(metafunc.config):
+        points = [pytest.param(sig, kind, index, marks=pytest.mark.slow, id=f"{sig}-{kind}{index}")
+                  for sig in ("SIGINT", "SIGTERM") for kind, index in POINTS]
+    else:
+        points = [pytest.param("SIGINT", "call", 3, id="SIGINT-call3"),
+                  pytest.param("SIGTERM", *random.Random(SEED).choice(POINTS[1:]), id="SIGTERM-seeded")]
+    metafunc.parametrize(("sig", "kind", "index"), points)
 
 
-@pytest.mark.parametrize(("sig", "kind", "index"), [
-    pytest.param("SIGINT", "call", 3, id="SIGINT-call3"),
-    pytest.param("SIGTERM", *random.Random(SEED).choice(POINTS[1:]), id="SIGTERM-random"),
-    *every_point(),
-])
 def test_a_signal_keeps_the_report_and_a_rerun_completes_it(claims_run: Callable[..., dict[str, Any]], sig: str,
                                                             kind: str, index: int,
                                                             record_property: Callable[[str, object], None]) -> None:
@@ -200,13 +205,15 @@ def test_a_signal_keeps_the_report_and_a_rerun_completes_it(claims_run: Callable
 
 # ----------------------------------------------------------------------------------- xdist crash --
 
-@pytest.mark.slow
-@pytest.mark.parametrize("restarts", ["rerun", "no-restart"])
+@pytest.mark.parametrize("restarts", [pytest.param("rerun", marks=pytest.mark.slow), "no-restart"])
 def test_a_killed_xdist_worker_loses_nothing_else(claims_run: Callable[..., dict[str, Any]], restarts: str,
-                                                  record_property: Callable[[str, object], None]) -> None:
+                                                  record_property: Callable[[str, object], None],
+                                                  pytestconfig: pytest.Config) -> None:
     """A worker killed mid-test. pytest-xdist replaces it and reruns the test: the report has its result and
     records the crash. With --max-worker-restart 0 nothing reruns it: the test is an error, the worker's queue
     never ran, and every other worker's result is kept."""
+    if restarts == "rerun" and not opted_in(pytestconfig):
+        pytest.skip("another xdist run: under -m slow; the default suite runs the no-restart case")
     extra = ["--max-worker-restart", "0"] if restarts == "no-restart" else []
     got = claims_run({"signal": "SIGKILL", "event": "call", "index": 2}, "-n", "2", "--dist", "loadgroup", *extra)
     assert got["fired"] and got["ret"] == pytest.ExitCode.TESTS_FAILED, got["output"][-3000:]
@@ -320,11 +327,16 @@ def inject(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[int | None], l
     yield arm
 
 
+FAMILIES = ("tiny-mistral", "tiny-qwen2", "tiny-llama")
+
+
 @pytest.mark.parametrize("name", list(KINDS))
-def test_an_exception_inside_a_hook_leaves_no_hook_and_bare_outputs(tiny_lm: LoadedModel, name: str,
+def test_an_exception_inside_a_hook_leaves_no_hook_and_bare_outputs(tiny_models: dict[str, LoadedModel], name: str,
                                                                      inject: Callable[[int | None], list[int]],
                                                                      record_property: Callable[[str, object], None],
                                                                      ) -> None:
+    """Each kind on one family (the three take turns), at a seeded-random call of its hooks."""
+    tiny_lm = tiny_models[FAMILIES[list(KINDS).index(name) % len(FAMILIES)]]
     run, manager = KINDS[name]
     ids = tiny_lm.tokenizer(["the cat sat on the mat"], return_tensors="pt")
     with torch.no_grad():
@@ -332,7 +344,7 @@ def test_an_exception_inside_a_hook_leaves_no_hook_and_bare_outputs(tiny_lm: Loa
     calls = inject(None)
     run(tiny_lm, manager)  # a clean run: how many hook calls there are to pick from
     total = len(calls)
-    assert total >= 2
+    assert total >= 1
     at = random.Random(f"{SEED}-{name}-{tiny_lm.id}").randint(1, total)
     inject(at)
     with pytest.raises(FaultInjected, match=f"call {at}"):
