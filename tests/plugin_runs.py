@@ -75,7 +75,7 @@ def test_demo_claim(protocol, {model}, claim, record_claim):
 
 RV_TEST = """
 import pytest
-from claims.rv_contraction.test_rv_contraction import test_rv_contraction  # noqa: F401
+from claims.rv_contraction.test_rv_contraction import {test}  # noqa: F401
 pytestmark = pytest.mark.claim("rv_contraction")
 """
 
@@ -91,9 +91,9 @@ def demo_claim(folder: Path, with_weights: bool = False, extra: str = "") -> Pat
     return claim
 
 
-def rv_module(pytester: pytest.Pytester) -> Path:
-    """A test module that runs the seed rv_contraction claim's protocols."""
-    return Path(pytester.makepyfile(test_rv=RV_TEST))
+def rv_module(pytester: pytest.Pytester, test: str = "test_rv_contraction") -> Path:
+    """A test module that runs a test of the seed rv_contraction claim (its protocols, or test_rederive)."""
+    return Path(pytester.makepyfile(test_rv=RV_TEST.format(test=test)))
 
 
 def inprocess(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:

@@ -303,8 +303,10 @@ def test_progress_lines_never_split_a_row_of_dots(pytester: pytest.Pytester) -> 
 
 
 def test_the_summary_lines_end_without_a_space(pytester: pytest.Pytester) -> None:
-    demo_claim(pytester.path)
-    text = output(inprocess(pytester, "-k", "as_published"))
+    """The rerun line, and the verdict rows that have no notes (the published-data row of a re-derivation)."""
+    rv_module(pytester, "test_rederive")
+    text = output(inprocess(pytester))
     summary = text.split("claim verdicts")[1].splitlines()
     assert any(line.startswith("claims report:") and "(rerun: pytest" in line for line in summary)
+    assert any(line.startswith("rv_contraction  published-data  reproduced") for line in summary), summary
     assert [line for line in summary if line != line.rstrip()] == []

@@ -17,6 +17,7 @@ from harness.engine.models import (
     DTYPES,
     Dims,
     LoadedModel,
+    ModelPathError,
     ModelUnavailable,
     _config_from,
     _load_random,
@@ -176,30 +177,30 @@ def test_missing_pretrained_weights_name_model_revision_and_fix(allow_download: 
     with pytest.raises(ModelUnavailable) as err:
         load(spec, allow_download=allow_download)  # HF_HUB_OFFLINE=1 wins over --allow-download
     message = str(err.value)
-    assert message.startswith("weights for 'mistral-7b-v0.1' not found")
-    assert f"{spec.hf_id} @ {spec.revision}" in message
-    assert "--model-path mistral-7b-v0.1=DIR" in message and "--weights random" in message
+    assert message.startswith(f"the weights of 'mistral-7b-v0.1' ({spec.hf_id} @ {spec.revision}) are not in the "
+                              "local Hugging Face cache at the pinned revision, and this run does not download")
+    assert "(1) --model-path mistral-7b-v0.1=DIR" in message and "(3) --weights random" in message
+    assert f"(2) download them once into the Hugging Face cache at the pinned revision (`hf download {spec.hf_id} " \
+           f"--revision {spec.revision}`" in message
+    assert "connect" not in message  # offline, a missing snapshot is no network fault
 
 
-@pytest.mark.parametrize("make", ["missing", "file"])
-def test_model_path_that_is_not_a_directory(tmp_path: Path, make: str) -> None:
+@pytest.mark.parametrize(("make", "says"), [("missing", "does not exist"), ("file", "is a file, not a directory")])
+def test_model_path_that_is_not_a_directory(tmp_path: Path, make: str, says: str) -> None:
     path = tmp_path / "weights"
     if make == "file":
         path.write_text("not a model", encoding="utf-8")
-    with pytest.raises(
-        ModelUnavailable,
-        match=rf"--model-path for 'mistral-7b-v0.1' is {re.escape(str(path))}, "
-        r"which is not a directory; provide the weights of 'mistral-7b-v0.1' "
-        r"\(mistralai/Mistral-7B-v0.1 @ 27d67f1b",
-    ):
+    with pytest.raises(ModelPathError, match=rf"--model-path mistral-7b-v0.1={re.escape(str(path))}: the path "
+                                             rf"{says}; give a directory written by save_pretrained"):
         load(get_spec("mistral-7b-v0.1"), model_path=path)
 
 
 @pytest.mark.usefixtures("no_hub_cache")
 def test_model_path_directory_without_a_model(tmp_path: Path) -> None:
-    with pytest.raises(
-        ModelUnavailable, match=r"is .*, which holds no config.json; .*--model-path qwen2.5-7b=DIR"
-    ):
+    with pytest.raises(ModelPathError, match=r"--model-path qwen2.5-7b=.*: the path is an empty directory"):
+        load(get_spec("qwen2.5-7b"), model_path=tmp_path)
+    (tmp_path / "notes.txt").write_text("x", encoding="utf-8")
+    with pytest.raises(ModelPathError, match=r"the path holds no config.json \(it holds: notes.txt\)"):
         load(get_spec("qwen2.5-7b"), model_path=tmp_path)
 
 
@@ -208,9 +209,20 @@ def test_model_path_directory_with_a_config_but_no_weights(tmp_path: Path) -> No
     (tmp_path / "config.json").write_text(
         _config_from(get_spec("tiny-qwen2")).to_json_string(), encoding="utf-8"
     )
-    with pytest.raises(
-        ModelUnavailable, match=r"weights for 'qwen2.5-7b' not found .*--model-path qwen2.5-7b=DIR"
-    ):
+    with pytest.raises(ModelPathError, match=r"--model-path qwen2.5-7b=.*: the path holds no weights \(none of "
+                                             r"\*\.safetensors, pytorch_model\*\.bin, \*\.gguf\)"):
+        load(get_spec("qwen2.5-7b"), model_path=tmp_path)
+
+
+@pytest.mark.usefixtures("no_hub_cache")
+def test_model_path_whose_weights_do_not_load_says_why(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text(
+        _config_from(get_spec("tiny-qwen2")).to_json_string(), encoding="utf-8"
+    )
+    (tmp_path / "model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00garbage!")
+    (tmp_path / "tokenizer.json").write_text("{}", encoding="utf-8")
+    with pytest.raises(ModelPathError, match=r"--model-path qwen2.5-7b=.*: the model there does not load "
+                                             r"\(SafetensorError: "):
         load(get_spec("qwen2.5-7b"), model_path=tmp_path)
 
 
