@@ -25,6 +25,7 @@ import numpy as np
 from harness.analysis.entropy import Array
 from harness.analysis.rfc import category_entropy, layer_metric
 from harness.analysis.stats import nan_mean
+from harness.claimkit.params import Schema
 from harness.claimkit.prompts import PromptBank
 from harness.claimkit.registry import Claim
 from harness.claimkit.results import protocol_result
@@ -32,6 +33,12 @@ from harness.claimkit.role import CategoryRun, entropies, measure
 from harness.engine.interventions import scale_heads
 from harness.engine.models import LoadedModel
 from harness.engine.sites import map_layer
+
+SCHEMA = Schema(
+    protocol={"targets": list[list[int]], "published_n_heads": int, "factors": list[float], "site": str,
+              "categories": list[str], "prompts_per_category": int, "chat_template": bool, "min_effect": float},
+    controls={"random_heads": {"n_random": int, "factor": float}},
+)
 
 
 @dataclass(frozen=True)

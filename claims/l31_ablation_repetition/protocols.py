@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 from harness.analysis.textmetrics import RepetitionCheck, completion_metrics, published_repetition
 from harness.claimkit.gen import (
@@ -25,8 +25,23 @@ from harness.claimkit.gen import (
     published_nulls,
     result,
 )
+from harness.claimkit.params import DType, Schema
 from harness.engine.generation import Condition, Generation, GenerationRun, RowEdit
 from harness.engine.interventions import zero_attention_output
+
+SCHEMA = Schema(
+    protocol={"layer": int, "site": str, "ablation": Literal["zero"], "hook_mode": Literal["all_calls"],
+              "max_new_tokens": int, "greedy": bool, "detector": Literal["complete", "corrected"],
+              "detector_text": Literal["full", "completion"], "prompt_category": str, "chat_template": bool,
+              "dtype": DType},
+    controls={
+        "detector_on_unablated": {},
+        "other_layers": {"layers": list[int], "random_layers": int},
+        "non_recursive_prompts": {"prompt_category": str},
+        "n20": {"prompt_category": str, "min_prompts": int},
+        "calibrated_repetition": {"prompt_category": str, "metric": str, "n_resamples": int},
+    },
+)
 
 
 def _ablation(ctx: GenContext, layer: int) -> RowEdit:

@@ -11,9 +11,9 @@ import pytest
 from harness.claimkit.gen import GenContext
 from harness.claimkit.results import check
 
-from .protocols import PROTOCOLS
+from .protocols import PROTOCOLS, SCHEMA
 
-pytestmark = pytest.mark.claim("l31_ablation_repetition")
+pytestmark = pytest.mark.claim("l31_ablation_repetition", schema=SCHEMA)
 
 
 @pytest.mark.parametrize("protocol", list(PROTOCOLS))

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -29,9 +29,28 @@ from harness.claimkit.gen import (
     published_nulls,
     result,
 )
+from harness.claimkit.params import DType, Schema
 from harness.engine.generation import Condition, Generation, PromptBatch
 from harness.engine.hooks import CallLog
 from harness.engine.interventions import PatchSource, SourceRun, capture_sources, patch_residual
+
+_TARGETS = {"target_categories": list[str], "n_targets": int}
+SCHEMA = Schema(
+    protocol={"layers": list[int], "site": str, "window": int,
+              "mode": Literal["all_calls", "prefill_only", "decode_only"], "include_position_0": bool,
+              "max_new_tokens": int, "greedy": bool, "completion": str, "source_category": str,
+              "target_category": str, "chat_template": bool, "dtype": DType},
+    controls={
+        "non_recursive_source": {"recursive_category": str, "non_recursive_category": str,
+                                 "target_categories": list[str], "n_resamples": int},
+        "random_vector_source": _TARGETS,
+        "prefill_only": {**_TARGETS, "mode": Literal["all_calls", "prefill_only", "decode_only"]},
+        "no_position_0": {**_TARGETS, "include_position_0": bool},
+        "grid": {"source_category": str, "target_categories": list[str], "n_sources": int, "n_targets": int,
+                 "n_resamples": int},
+        "argmax_token": _TARGETS,
+    },
+)
 
 UNPATCHED = "unpatched"
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 import pytest
 
 from harness.claimkit.results import check
-from harness.claimkit.role_controls import PROTOCOLS
+from harness.claimkit.role_controls import PROTOCOLS, SCHEMA
 
-pytestmark = pytest.mark.claim("rfc_instruct_compresses_llama")
+pytestmark = pytest.mark.claim("rfc_instruct_compresses_llama", schema=SCHEMA)
 
 
 @pytest.mark.parametrize("protocol", list(PROTOCOLS))

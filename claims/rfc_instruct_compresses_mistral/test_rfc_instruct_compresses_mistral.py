@@ -12,9 +12,9 @@ from __future__ import annotations
 import pytest
 
 from harness.claimkit.results import check
-from harness.claimkit.role_controls import PROTOCOLS, rederive
+from harness.claimkit.role_controls import PROTOCOLS, SCHEMA, rederive
 
-pytestmark = pytest.mark.claim("rfc_instruct_compresses_mistral")
+pytestmark = pytest.mark.claim("rfc_instruct_compresses_mistral", schema=SCHEMA)
 
 
 @pytest.mark.parametrize("protocol", list(PROTOCOLS))

@@ -12,9 +12,9 @@ from __future__ import annotations
 import pytest
 
 from harness.claimkit.results import check
-from harness.claimkit.role_controls import PROTOCOLS, rederive
+from harness.claimkit.role_controls import PROTOCOLS, SCHEMA, rederive
 
-pytestmark = pytest.mark.claim("rfc_preserved_qwen")
+pytestmark = pytest.mark.claim("rfc_preserved_qwen", schema=SCHEMA)
 
 
 @pytest.mark.parametrize("protocol", list(PROTOCOLS))

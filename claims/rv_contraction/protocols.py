@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
 from harness.analysis import stats
+from harness.claimkit.params import DType, Schema
 from harness.claimkit.results import protocol_result
 from harness.claimkit.rv import (
     Context,
@@ -20,6 +21,21 @@ from harness.claimkit.rv import (
     pr_means,
 )
 from harness.engine.runner import token_counts
+
+SCHEMA = Schema(
+    protocol={"early_layer": int, "late_layer": int, "site": str, "window": int, "exclude_bos": bool,
+              "centred": bool, "chat_template": bool, "dtype": DType, "test": Literal["student_t"],
+              "alternative": Literal["greater", "less", "two-sided"], "recursive_category": str,
+              "baseline_category": str},
+    controls={
+        "token_matched": {"recursive_categories": list[str], "pool_categories": list[str], "min_pairs": int},
+        "bos_excluded": {"window": int, "recursive_categories": list[str], "baseline_categories": list[str],
+                         "min_per_condition": int},
+        "length_covariate": {"recursive_categories": list[str], "baseline_categories": list[str]},
+        "permutation": {"n_resamples": int},
+        "n30": {"recursive_categories": list[str], "baseline_categories": list[str], "min_per_condition": int},
+    },
+)
 
 
 def _too_few(ctx: Context, name: str, rec: RVRun, base: RVRun, needed: int, why: str) -> dict[str, Any] | None:

@@ -11,9 +11,9 @@ import pytest
 from harness.claimkit.results import check
 from harness.claimkit.rv import Context, rederive
 
-from .protocols import PROTOCOLS
+from .protocols import PROTOCOLS, SCHEMA
 
-pytestmark = pytest.mark.claim("rv_contraction")
+pytestmark = pytest.mark.claim("rv_contraction", schema=SCHEMA)
 
 
 @pytest.mark.parametrize("protocol", list(PROTOCOLS))

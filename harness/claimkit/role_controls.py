@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -26,6 +26,7 @@ from harness.analysis.rfc import (
     paired_bootstrap_diff,
     threshold_counts,
 )
+from harness.claimkit.params import DType, Schema
 from harness.claimkit.prompts import PromptBank, find_bank
 from harness.claimkit.registry import Claim
 from harness.claimkit.replay import RfcReplay, read_table, replay_rfc
@@ -44,6 +45,21 @@ from harness.claimkit.role import (
     pair_result,
 )
 from harness.engine.runner import token_counts
+
+_HEADS = {"heads": Literal["all", "as_published"]}
+SCHEMA = Schema(
+    protocol={"categories": list[str], "prompts_per_category": int, "published_heads_counted": int,
+              "aggregation": Literal["pooled", "per_prompt"], "threshold": float, "chat_template": bool,
+              "bos": bool, "dtype": DType, "confidence": float, "unstable_rule": dict[str, float]},
+    controls={
+        "all_heads": _HEADS,
+        "prompt_level_ci": {**_HEADS, "n_boot": int, "confidence": float, "fdr_alpha": float},
+        "token_matched": {**_HEADS, "banks": list[str], "categories": list[str], "anchor": str, "min_matched": int},
+        "normalised_entropy": _HEADS,
+        "chat_template": {**_HEADS, "categories": list[str]},
+        "unstable_layers_excluded": _HEADS,
+    },
+)
 
 Runs = tuple[dict[str, CategoryRun], dict[str, CategoryRun]]
 Protocol = Callable[[RoleContext], dict[str, Any]]

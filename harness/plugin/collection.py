@@ -16,12 +16,18 @@ import pytest
 from harness.plugin.state import ITEM_KEY, state
 
 if TYPE_CHECKING:
+    from harness.claimkit.params import Schema
     from harness.claimkit.registry import Claim
     from harness.plugin.options import Options
 
 
-def claim_of(config: pytest.Config, claim_id: str, module_file: str | None) -> Claim:
-    """The claim a module names: its own folder's claim.toml first, then --claims-dir, then the seed claims."""
+def claim_of(config: pytest.Config, claim_id: str, module_file: str | None, schema: Schema | None = None) -> Claim:
+    """The claim a module names: its own folder's claim.toml first, then --claims-dir, then the seed claims.
+
+    With the `schema` the module's marker declares, the claim's [protocol] and [controls.*] tables are checked
+    against it (typed parameters) before any test of the claim runs.
+    """
+    from harness.claimkit.params import validate
     from harness.claimkit.registry import ClaimError, get_claim, load_claim, load_claims
 
     known = state(config).claims
@@ -35,8 +41,10 @@ def claim_of(config: pytest.Config, claim_id: str, module_file: str | None) -> C
             given = config.getoption("--claims-dir")
             pool = load_claims(Path(given)) if given else {}
             claim = get_claim(claim_id, {**load_claims(), **pool})
-    except ClaimError as err:
-        raise pytest.UsageError(str(err)) from err
+        if schema is not None:
+            validate(claim, schema)
+    except ClaimError as err:  # a collection error of this module, shown as the message alone (no traceback)
+        raise pytest.Collector.CollectError(str(err)) from err
     known[claim.id] = claim
     return claim
 
@@ -60,7 +68,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
             raise pytest.UsageError(f"{metafunc.definition.nodeid} takes model_id but has no "
                                     "@pytest.mark.claim(id)")
         return
-    claim = claim_of(metafunc.config, marker.args[0], getattr(metafunc.module, "__file__", None))
+    claim = claim_of(metafunc.config, marker.args[0], getattr(metafunc.module, "__file__", None),
+                     marker.kwargs.get("schema"))
     if "model_id" not in metafunc.fixturenames:
         return
     opts = state(metafunc.config).options()
