@@ -8,9 +8,8 @@ from typing import Any
 
 from harness.claimkit.prompts import PromptBank
 from harness.claimkit.registry import Claim, Criterion, evaluate
+from harness.claimkit.verdicts import KINDS, ControlOutcome, Effect, control_decision
 from harness.engine.models import LoadedModel
-
-KINDS = ("as_published", "control", "rederive")
 
 
 def protocol_result(claim: Claim, protocol: str, kind: str, criterion: Criterion, observed: Mapping[str, Any], *,
@@ -18,11 +17,22 @@ def protocol_result(claim: Claim, protocol: str, kind: str, criterion: Criterion
                     n: Mapping[str, int] | None = None,
                     exclusions: Mapping[str, int] | None = None, tests: Mapping[str, Any] | None = None,
                     published: Mapping[str, Any] | None = None, notes: tuple[str, ...] = (),
-                    non_diagnostic: bool = False, data: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Evaluate `criterion` on `observed` and package everything the report needs."""
+                    non_diagnostic: bool = False, data: Mapping[str, Any] | None = None,
+                    effect: Effect | None = None, artefact_rejects: bool = False,
+                    n_needed: int | None = None) -> dict[str, Any]:
+    """Evaluate `criterion` on `observed` and package everything the report needs.
+
+    A `control` states its `effect` (estimate and CI in the units of the published effect) and is decided by
+    `verdicts.control_decision`: its `decision` is pass, fail (positive evidence of the artefact) or
+    underpowered (with `n_needed`), and its `passed` is True only for pass. Other kinds are judged by their
+    criterion alone.
+    """
     if kind not in KINDS:
         raise ValueError(f"result kind {kind!r}; allowed: {KINDS}")
     passed, detail = evaluate(criterion, observed)
+    if kind == "control" and effect is None:  # no effect with a CI: no decision, the verdict cannot rest on it
+        notes = (*notes, "this control states no effect with a CI: its criterion is reported, it decides nothing")
+    outcome = control_decision(effect, artefact_rejects, n_needed) if effect is not None else None
     if passed is None and not notes:
         missing = sorted(m for m, d in detail.items() if d["passed"] is None)
         notes = (f"inconclusive: {', '.join(missing)} not observed or not finite; "
@@ -37,7 +47,16 @@ def protocol_result(claim: Claim, protocol: str, kind: str, criterion: Criterion
         "n": dict(n or {}), "exclusions": dict(exclusions or {}), "notes": list(notes),
         "non_diagnostic": non_diagnostic, "prompt_banks": [b.describe() for b in banks],
         "protocol_params": dict(claim.protocol), "data": dict(data or {}),
+        **(_decided(outcome, passed) if kind == "control" and outcome is not None else {}),
+        **({"effect": outcome.effect, "decision_reason": outcome.reason} if outcome is not None else {}),
     }
+
+
+def _decided(outcome: ControlOutcome, criterion_passed: bool | None) -> dict[str, Any]:
+    """A control's pass/fail is its decision; the criterion's own outcome stays beside it."""
+    passed = {"pass": True, "fail": False}.get(outcome.decision or "")
+    return {"passed": passed, "decision": outcome.decision, "n_needed": outcome.n_needed,
+            "criterion_passed": criterion_passed}
 
 
 def is_diagnostic(result: Mapping[str, Any]) -> bool:
