@@ -30,13 +30,13 @@ def protocol_result(claim: Claim, protocol: str, kind: str, criterion: Criterion
     if kind not in KINDS:
         raise ValueError(f"result kind {kind!r}; allowed: {KINDS}")
     passed, detail = evaluate(criterion, observed)
-    if kind == "control" and effect is None:  # no effect with a CI: no decision, the verdict cannot rest on it
-        notes = (*notes, "this control states no effect with a CI: its criterion is reported, it decides nothing")
     outcome = control_decision(effect, artefact_rejects, n_needed) if effect is not None else None
     if passed is None and not notes:
         missing = sorted(m for m, d in detail.items() if d["passed"] is None)
         notes = (f"inconclusive: {', '.join(missing)} not observed or not finite; "
                  f"exclusions: {dict(exclusions or {}) or 'none'}",)
+    if kind == "control" and effect is None:  # no effect with a CI: no decision, the verdict cannot rest on it
+        notes = (*notes, "this control states no effect with a CI: its criterion is reported, it decides nothing")
     return {
         "claim": claim.id, "claim_version": claim.version, "protocol": protocol, "kind": kind,
         "model": lm.id if lm is not None else "published-data",
