@@ -168,13 +168,16 @@ def test_result_data_is_drawn_by_the_report(tiny_models: dict[str, LoadedModel],
     assert len(drawn.figures) == 3
 
 
-def test_heads_counted_as_published_caps_at_28_only() -> None:
-    assert published_heads_counted(32) == (28, None)
-    assert published_heads_counted(28) == (28, None)
-    counted, note = published_heads_counted(9)
+CAP = get_claim("rfc_instruct_compresses_mistral").protocol["published_heads_counted"]
+
+
+def test_heads_counted_as_published_caps_at_the_sources_count_only() -> None:
+    assert published_heads_counted(CAP + 4, CAP) == (CAP, None)
+    assert published_heads_counted(CAP, CAP) == (CAP, None)
+    counted, note = published_heads_counted(9, CAP)
     assert counted == 9 and note is not None and "only 9 query heads" in note
     with pytest.raises(ValueError, match="n_heads=0"):
-        published_heads_counted(0)
+        published_heads_counted(0, CAP)
 
 
 def test_all_heads_counts_the_config_and_as_published_the_first_28() -> None:
@@ -184,9 +187,9 @@ def test_all_heads_counts_the_config_and_as_published_the_first_28() -> None:
             for k in (SELF, NEUTRAL, CONFOUNDER)}
     shifted = {k: PromptEntropies(c.head_means * (0.9 if k == SELF else 1.0), tokens)
                for k, c in cats.items()}
-    capped = summarise(compare_pair(cats, shifted, published_heads_counted(32)[0]))
+    capped = summarise(compare_pair(cats, shifted, published_heads_counted(32, CAP)[0]))
     everything = summarise(compare_pair(cats, shifted, None))
-    assert (capped["heads_counted"], everything["heads_counted"]) == (28, 32)
+    assert (capped["heads_counted"], everything["heads_counted"]) == (CAP, 32)
     assert capped["mean_drfc"] != everything["mean_drfc"]
 
 

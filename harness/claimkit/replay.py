@@ -210,7 +210,7 @@ def _ci_error(table: ComparisonTable, metric: str) -> float:
     return float(max(errors))
 
 
-def _metric(table: ComparisonTable, metric: str, unstable: np.ndarray) -> MetricReplay:
+def _metric(table: ComparisonTable, metric: str, unstable: np.ndarray, threshold: float) -> MetricReplay:
     c = table.columns
     diff, low, high = (c[f"{metric}_diff{s}"] for s in ("", "_ci_low", "_ci_high"))
     cmp = compare_layers(table.stats(metric, "base"), table.stats(metric, "instruct"))
@@ -219,7 +219,7 @@ def _metric(table: ComparisonTable, metric: str, unstable: np.ndarray) -> Metric
         mean=float(diff.mean()), median=float(np.median(diff)), std_ddof0=float(diff.std()),
         min=float(diff.min()), min_layer=int(diff.argmin()),
         max=float(diff.max()), max_layer=int(diff.argmax()),
-        thresholds=threshold_counts(diff),
+        thresholds=threshold_counts(diff, threshold),
         ci_negative_layers=_layers(high < 0), ci_positive_layers=_layers(low > 0),
         bonferroni_layers=_layers(bonferroni_significant(diff, cmp.se, cmp.df)),
         mean_without_unstable=float(stable.mean()) if stable.size else float("nan"),
@@ -228,11 +228,13 @@ def _metric(table: ComparisonTable, metric: str, unstable: np.ndarray) -> Metric
 
 
 def replay_rfc(path: str | Path, against: str | Path | None = None,
-               rule: UnstableRule | None = None, block: int = 4, seed: int = 0) -> RfcReplay:
+               rule: UnstableRule | None = None, block: int = 4, seed: int = 0,
+               threshold: float = 0.01) -> RfcReplay:
     """Re-derive the B.3 figures of one detailed_comparison table; `against` adds the dRFC correlation
     (with its circular-shift and `block`-layer block-permutation p beside the iid one).
 
-    A layer is unstable when `rule` flags the base or the instruct RFC (default: |RFC| > 1).
+    A layer is unstable when `rule` flags the base or the instruct RFC (default: |RFC| > 1); `threshold` is
+    the source's cut for its "% layers" counts (a claim passes its [protocol].threshold).
     """
     rule = rule or UnstableRule()
     table = read_table(path)
@@ -251,7 +253,7 @@ def replay_rfc(path: str | Path, against: str | Path | None = None,
                               "correlate tables of models with the same depth")
         correlation = correlate_profiles(c["rfc_diff"], other.columns["rfc_diff"], block=block, seed=seed)
     return RfcReplay(str(path), table.n_layers, {m: table.n_heads(m) for m in MODELS}, rule, flagged,
-                     _metric(table, "rfc", unstable), _metric(table, "rsi", unstable), models,
+                     _metric(table, "rfc", unstable, threshold), _metric(table, "rsi", unstable, threshold), models,
                      None if against is None else str(against), correlation)
 
 

@@ -57,7 +57,6 @@ from harness.engine.attention import EntropyResult, attention_entropy
 from harness.engine.models import LoadedModel
 from harness.engine.runner import encode
 
-PUBLISHED_HEADS_COUNTED = 28  # compare_base_instruct.py: `for head in range(28)`, whatever the model
 RATIO = "ratio, unitless"
 Categories = Mapping[str, PromptEntropies]
 
@@ -150,8 +149,9 @@ def entropies(runs: Mapping[str, CategoryRun], variant: str = "published",
     return {k: run.entropies(variant, None if keep is None else keep[k]) for k, run in runs.items()}
 
 
-def published_heads_counted(n_heads: int, cap: int = PUBLISHED_HEADS_COUNTED) -> tuple[int, str | None]:
-    """The source's head count: the first `cap` heads; all heads (and a note) when the model has fewer."""
+def published_heads_counted(n_heads: int, cap: int) -> tuple[int, str | None]:
+    """The source's head count: the first `cap` heads ([protocol].published_heads_counted: the source's
+    `range(28)`); all heads (and a note) when the model has fewer."""
     if n_heads < 1 or cap < 1:
         raise ValueError(f"n_heads={n_heads}, cap={cap}: both must be >= 1")
     if n_heads >= cap:

@@ -2,7 +2,7 @@
 
 `rederive(claim, folder)` replays [published].data_file, the table the verdict rests on (for Qwen the table
 committed last). A claim may name a `superseded_data_file` (Qwen's 2025-10-19 table, behind the README's
-+0.0475): `rederive(..., table="superseded_data_file")` replays it as a `robustness` result, reported beside
+headline): `rederive(..., table="superseded_data_file")` replays it as a `robustness` result, reported beside
 and never deciding the verdict. `cross_model(claim, folder)` correlates the claim's per-layer dRFC with another
 family's table ([protocol.correlate_with]): Pearson and Spearman with the source's iid p, and beside them the
 circular-shift and block-permutation p that respect the autocorrelation of neighbouring layers (W-B6).
@@ -30,7 +30,7 @@ TABLES = {"data_file": ("rederive", "rederive", "committed_table"),
 
 def _replay(claim: Claim, folder: Path, name: str) -> RfcReplay:
     rule = UnstableRule(**claim.protocol.get("unstable_rule", {}))
-    return replay_rfc(verified_table(folder, name), rule=rule)
+    return replay_rfc(verified_table(folder, name), rule=rule, threshold=claim.protocol["threshold"])
 
 
 def _figures(claim: Claim, replay: RfcReplay) -> dict[str, Any]:
