@@ -98,7 +98,7 @@ def dRFC(seed: int, confidence: float = 1 - ALPHA, **options: object) -> Contras
     groups = options.pop("groups", per_dataset())
     ci = bootstrap_contrast(instruct_minus_base(base, instruct), groups=groups,  # type: ignore[arg-type]
                             n_resamples=RESAMPLES, seed=seed, confidence=confidence, **options)  # type: ignore[arg-type]
-    assert ci.method == "t" and ci.confidence == confidence
+    assert ci.method == options.get("method", "t") and ci.confidence == confidence
     return ci
 
 
@@ -192,3 +192,12 @@ def test_the_published_head_level_test_holds_alpha_only_under_its_own_null() -> 
     # heads are alike and a prompt sample moves them together (it ignores prompt sampling).
     assert rate(chunked(head_level, seed=0)) < ALPHA / 2
     assert rate(chunked(lambda seed: head_level(seed, heads_alike=True), seed=0)) > 2 * ALPHA
+
+
+def test_the_t_interval_is_the_calibrated_choice_at_30_prompts() -> None:
+    # Why [protocol].ci_method = "t": at 30 prompts per category scipy's percentile and BCa intervals reject a
+    # true null more often than 5% (over 5000 of these nulls: t 4.9%, percentile 6.3%, BCa 6.6%).
+    rates = {method: rate(chunked(lambda seed, m=method: bounds(dRFC(seed, method=m)), seed=0))
+             for method in ("t", "percentile", "BCa")}
+    assert within(rates["t"], ALPHA)
+    assert rates["percentile"] > rates["t"] and rates["BCa"] > rates["t"], rates

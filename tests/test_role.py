@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 import torch
 
-from claims.graded_head_ablation.protocols import Target, ablation_effect, map_targets
+from claims.graded_head_ablation.protocols import PROTOCOLS as ABLATION
+from claims.graded_head_ablation.protocols import AblationContext, Target, ablation_effect, map_targets
 from harness.analysis.entropy import bos_mass, normalised_head_entropy, published_head_entropy
 from harness.analysis.rfc import CONFOUNDER, NEUTRAL, SELF, PromptEntropies
 from harness.claimkit.prompts import PromptBank, bank_for, find_bank
@@ -281,6 +282,19 @@ def test_graded_ablation_moves_only_what_follows(tiny_models: dict[str, LoadedMo
     assert np.abs(zeroed.delta_entropy).max() > 1e-6 and np.abs(zeroed.delta_rfc).max() > 0
     last = ablation_effect(lm, clean, Target((0, 0), lm.dims.n_layers - 1, 0), 0.0)
     assert last.downstream == () and last.record()["downstream_layers"] == 0
+
+
+def test_graded_ablation_is_measured_never_reproduced(tiny_models: dict[str, LoadedModel], bank: PromptBank) -> None:
+    # Issue 10 section 1: never run by its source and with no published figure, it showed "reproduced 1/1".
+    claim = get_claim("graded_head_ablation")
+    claim = dataclasses.replace(claim, protocol={**claim.protocol, "prompts_per_category": 3})
+    ctx = AblationContext(claim, tiny_models["tiny-mistral"], bank)
+    assert set(ABLATION) == {"measure", "measure:random_heads"}
+    results = [ABLATION[name](ctx) for name in ABLATION]
+    for result in results:
+        check(result)
+        assert result["kind"] == "measure" and result["passed"] is True and result["non_diagnostic"]
+    assert verdict(results, Declared(controls=tuple(claim.controls))).verdict == "measured"
 
 
 def test_targets_map_by_depth_and_modulo_heads(tiny_models: dict[str, LoadedModel]) -> None:
