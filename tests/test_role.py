@@ -38,7 +38,9 @@ from harness.claimkit.role import (
 from harness.claimkit.role_controls import PROTOCOLS, match_token_counts
 from harness.claimkit.role_format import MINIMAL_TEMPLATE, ScoredEncoded, chat_format, raw_format
 from harness.claimkit.verdicts import Declared, verdict
+from harness.engine.attention import EntropyResult, attention_entropy
 from harness.engine.models import LoadedModel
+from harness.engine.runner import encode
 from harness.report.figures import figures_for
 
 FAMILIES = ("tiny-mistral", "tiny-qwen2", "tiny-llama")
@@ -90,6 +92,27 @@ def test_engine_entropies_equal_the_pattern_reference(tiny_models: dict[str, Loa
     lengths = [len(lm.tokenizer(p, add_special_tokens=lm.spec.bos)["input_ids"]) for p in PROMPTS]
     assert run.n_tokens.tolist() == lengths
     assert run.n_normalised.tolist() == [n - 2 for n in lengths]
+
+
+def test_the_engine_averages_only_the_marked_rows(tiny_models: dict[str, LoadedModel]) -> None:
+    # By causality a prompt's rows 0..T-2 are those of the prompt without its last token, so the sum over all
+    # rows is that prefix's sum plus the last row alone (eps smoothing over T vs T-1 keys: < 1e-5 nats).
+    lm = sharpened(tiny_models["tiny-llama"])
+    enc = encode(lm, [PROMPTS[1]])
+    last = torch.zeros_like(enc.attention_mask, dtype=torch.bool)
+    last[0, -1] = True
+
+    def run(ids: torch.Tensor, rows: torch.Tensor | None = None) -> EntropyResult:
+        with torch.no_grad(), attention_entropy(lm.model) as engine:
+            lm.model.base_model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False)
+            return engine.pop(rows).cpu()
+
+    full, only_last, prefix = run(enc.input_ids), run(enc.input_ids, last), run(enc.input_ids[:, :-1])
+    assert (int(full.n_rows[0]), int(only_last.n_rows[0])) == (enc.lengths[0], 1)
+    assert only_last.published is not None and full.published_sum is not None and prefix.published_sum is not None
+    np.testing.assert_allclose(full.published_sum, prefix.published_sum + only_last.published, atol=1e-5)
+    with pytest.raises(ValueError, match="no scored row"):
+        run(enc.input_ids, torch.zeros_like(last))
 
 
 def test_categories_are_data_keys(tiny_models: dict[str, LoadedModel]) -> None:
