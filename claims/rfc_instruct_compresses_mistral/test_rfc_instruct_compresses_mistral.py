@@ -1,10 +1,10 @@
-"""RFC compression by instruction tuning, Mistral-7B v0.1: as published, re-derived from the published table, and
-under controls.
+"""RFC compression by instruction tuning, Mistral-7B v0.1: as published, re-derived from the published
+table, and under controls.
 
 The instruct model is `lm`; its base comes from the plugin's model cache (the `role` fixture in
 claims/conftest.py). On tiny or random-weight models these tests assert that each result is well formed; on
-the published weights (and the published table) they assert the criteria in
-fixtures/claims/rfc_instruct_compresses_mistral.toml.
+the published weights (and the published tables) they assert the criteria in claim.toml beside this module.
+A control that would repeat as_published on a model is recorded as dropped and skipped, never counted.
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ from __future__ import annotations
 import pytest
 
 from harness.claimkit.results import check
-from harness.claimkit.role_controls import PROTOCOLS, SCHEMA, rederive
+from harness.claimkit.role_controls import PROTOCOLS, SCHEMA
+from harness.claimkit.role_rederive import rederive
 
 pytestmark = pytest.mark.claim("rfc_instruct_compresses_mistral", schema=SCHEMA)
 
@@ -21,6 +22,8 @@ pytestmark = pytest.mark.claim("rfc_instruct_compresses_mistral", schema=SCHEMA)
 def test_rfc_instruct_compresses_mistral(protocol, role, record_claim):
     result = PROTOCOLS[protocol](role)
     record_claim(result)
+    if result.get("dropped"):
+        pytest.skip(f"{protocol} dropped on {result['model']}: {result['dropped']}")
     check(result)
 
 
