@@ -69,6 +69,7 @@ def test_n_for_power_matches_the_textbook_figures() -> None:
     assert n_for_power(0.5, alternative="greater") == 51
     assert n_for_power(0.5, alternative="greater", paired=True) < 51
     assert n_for_power(0.0) is None and n_for_power(1e-6, n_max=1000) is None
+    assert n_for_power(50.0) == 2  # the smallest test already has the power
 
 
 def result(protocol: str, kind: str, passed: bool | None = True, decision: str | None = None) -> dict[str, object]:

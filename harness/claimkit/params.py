@@ -25,7 +25,7 @@ from harness.claimkit.registry import Claim, ClaimError
 CONTROL_KEYS: dict[str, Any] = {
     "description": str,
     "criterion": dict[str, Any],
-    "kind": typing.Literal["control", "robustness", "null"] | None,
+    "kind": typing.Literal["control", "robustness", "null", "measure"] | None,
     "effect": str | None,            # the observed key that holds the effect estimate
     "min_fraction": float | None,    # fails below this fraction of the published effect
 }

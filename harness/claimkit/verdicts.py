@@ -130,6 +130,8 @@ def n_for_power(d: float, alpha: float = 0.05, power: float = 0.8, alternative: 
 
     if achieved(n_max) < power:
         return None
+    if achieved(2) >= power:  # so large an effect that the smallest test already has the power
+        return 2
     root = optimize.brentq(lambda n: achieved(n) - power, 2, n_max)
     return math.ceil(root)
 
