@@ -38,7 +38,7 @@ from harness.engine.hooks import GraphEdit, graph_edits
 from harness.engine.kvcache import StaticKV, decode_attention
 from harness.engine.models import LoadedModel
 
-BATCH_BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
+BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
 LENGTH_STEP = 32
 CHECK_EVERY = 8  # decode steps between looks at the stop flags on the graph path (one host sync each)
 MAX_BUCKETS = 3  # buckets (KV caches and their graphs) kept per model
