@@ -247,3 +247,74 @@ def test_buckets_are_kept_per_model_and_released(tiny_lm: LoadedModel) -> None:
     assert any(key.batch == decode.batch_bucket(len(PROMPTS)) for key in kept)
     decode.release(tiny_lm.model)
     assert not decode.buckets_of(tiny_lm.model).kept
+
+
+# --- the graph path (a CUDA device; `pytest -m gpu tests/test_decode.py`) ---------------------------------------
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device: the graph path needs one")
+TINY_FAMILIES = ("tiny-mistral", "tiny-qwen2", "tiny-llama")
+
+
+@pytest.fixture(scope="module")
+def cuda_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[LoadedModel, Any]]:
+    """The tiny families on the GPU, each with its patch source."""
+    from harness.engine.models import load
+    from harness.engine.specs import get_spec
+
+    cache = tmp_path_factory.mktemp("tiny-cuda")
+    found = {}
+    for model_id in TINY_FAMILIES:
+        lm = load(get_spec(model_id), cache_dir=cache, device="cuda")
+        found[model_id] = (lm, capture_sources(lm, [SOURCE], [_mid(lm)], window=16))
+    return found
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("family", TINY_FAMILIES)
+@pytest.mark.parametrize("kind", list(INTERVENTIONS))
+def test_graph_path_equals_eager_under_every_intervention(cuda_models: dict[str, tuple[LoadedModel, Any]],
+                                                          family: str, kind: str) -> None:
+    lm, sources = cuda_models[family]
+    decode.release(lm.model)
+    first = _compare(lm, sources, kind, "graph")  # records the graph
+    again = _compare(lm, sources, kind, "graph")  # replays it
+    assert [r["path"] for r in first + again] == ["graph", "graph"], first + again
+    assert first[0]["captured"] and first[0]["replays"] == NEW_TOKENS - 2
+    assert not again[0]["captured"] and again[0]["replays"] == NEW_TOKENS - 1
+
+
+def _variants(lm: LoadedModel, sources: Any) -> dict[str, list[Callable[[PromptBatch], AbstractContextManager[Any]]]]:
+    """Interventions of one structure whose tensors differ: a reused graph must read each one's own."""
+    source = sources.sources[_mid(lm)]
+    last = lm.dims.n_layers - 1
+
+    def patch(src: Any) -> Callable[[PromptBatch], AbstractContextManager[Any]]:
+        return lambda b: patch_residual(lm.model, _mid(lm), src, prompt_mask=b.attention_mask)
+
+    def rows(parity: int) -> Callable[[PromptBatch], AbstractContextManager[Any]]:
+        return lambda b: zero_attention_output(lm.model, last, rows=torch.arange(b.n_rows) % 2 == parity)
+
+    def scale(factor: float) -> Callable[[PromptBatch], AbstractContextManager[Any]]:
+        return lambda _b: scale_heads(lm.model, _mid(lm), [0, 1], factor)
+
+    return {"patch": [patch(source), patch(source.norm_matched_random(5)), patch(source.norm_matched_random(6))],
+            "rows": [rows(0), rows(1)], "scale": [scale(0.5), scale(0.0), scale(2.0)]}
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("family", TINY_FAMILIES)
+def test_a_reused_graph_reads_each_batch_s_own_tensors(cuda_models: dict[str, tuple[LoadedModel, Any]],
+                                                       family: str) -> None:
+    lm, sources = cuda_models[family]
+    decode.release(lm.model)
+    for name, variants in _variants(lm, sources).items():
+        outputs = []
+        for index, intervention in enumerate(variants):
+            graph = generate(lm, PROMPTS, NEW_TOKENS, intervention=intervention, path="graph")
+            eager = generate(lm, PROMPTS, NEW_TOKENS, intervention=intervention, path="eager")
+            assert _ids(graph) == _ids(eager), f"{name} variant {index}: the reused graph read stale tensors"
+            assert graph.paths[0]["captured"] is (index == 0), graph.paths
+            outputs.append(_ids(graph))
+        assert len({tuple(o) for o in outputs}) > 1, f"{name}: the variants do not change the tokens"

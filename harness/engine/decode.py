@@ -28,6 +28,7 @@ import inspect
 import weakref
 from collections import Counter, OrderedDict
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -332,9 +333,11 @@ def greedy(lm: LoadedModel, input_ids: torch.Tensor, mask: torch.Tensor, max_new
     additive = getattr(lm.model.config, "_attn_implementation", None) == "eager"
     bucket = buckets.get(lm, BucketKey(rows, length, additive, tuple(sorted(stop_ids)), pad))
     edits, _ = graph_edits(lm.model)
-    with torch.no_grad():
+    on_device = torch.cuda.device(lm.device) if lm.device.type == "cuda" else nullcontext()
+    with torch.no_grad(), on_device:  # streams and graphs are made on the current device: the model's
         _prefill(lm, bucket, input_ids, mask)
-        steps, graph, done, why = max_new_tokens - 1, None, 0, "capture not asked for"
+        why: str | None = "capture not asked for"
+        steps, graph, done = max_new_tokens - 1, None, 0
         if capture and steps > 0:
             graph, warmed, why = _graph_for(lm, bucket, buckets, edits)
             done = int(warmed)
