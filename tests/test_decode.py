@@ -36,7 +36,7 @@ from harness.engine.interventions import (
     skip_layer,
     zero_attention_output,
 )
-from harness.engine.kvcache import decode_attention, grouped_decode_attention
+from harness.engine.kvcache import decode_attention, decode_kernels, grouped_decode_attention, rms_norms
 from harness.engine.models import LoadedModel
 
 PROMPTS = ["The capital city of Japan is", "Watch the watcher watching.",
@@ -239,6 +239,27 @@ def test_decode_attention_is_replaced_inside_the_block_only() -> None:
         assert ALL_ATTENTION_FUNCTIONS.get("eager") is grouped_decode_attention
     assert ALL_ATTENTION_FUNCTIONS._local_mapping == before
     assert ALL_ATTENTION_FUNCTIONS["sdpa"] is not grouped_decode_attention
+
+
+def test_fused_rms_norm_equals_the_model_s_own_and_is_undone(tiny_lm: LoadedModel) -> None:
+    norms = rms_norms(tiny_lm.model)
+    assert len(norms) == 2 * tiny_lm.dims.n_layers + 1  # two per layer and the final one
+    hidden = torch.randn(3, 5, tiny_lm.dims.d_model, generator=torch.Generator().manual_seed(1)) * 4
+    own = [norm(hidden) for norm in norms]
+    with torch.no_grad():
+        for norm in norms:
+            norm.weight.mul_(1.5)  # not all ones: the weight must be applied
+        before = [norm(hidden) for norm in norms]
+        with decode_kernels(norms):
+            fused = [norm(hidden) for norm in norms]
+        after = [norm(hidden) for norm in norms]
+        for norm in norms:
+            norm.weight.div_(1.5)
+    for a, b, c in zip(before, fused, after, strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-6)
+        assert torch.equal(a, c), "the model's own RMSNorm must be back after the block"
+    assert not torch.allclose(own[0], before[0])
+    assert all("forward" not in vars(norm) for norm in norms)
 
 
 def test_buckets_are_kept_per_model_and_released(tiny_lm: LoadedModel) -> None:

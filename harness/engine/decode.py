@@ -6,7 +6,7 @@ step reads and writes only buffers of fixed shape, so it is recorded once as a C
 
 - the KV cache (`kvcache.StaticKV`) holds `length` slots per row; a call writes its keys and values at the
   slots in `StaticKV.slots`, a device tensor, so the write position moves without the host; a decode step's
-  attention reads it once per KV head (`kvcache.grouped_decode_attention`);
+  attention reads it once per KV head, and its RMSNorms run fused (`kvcache.decode_kernels`);
 - the next token, the position ids, the visible-key mask and the stop flags live in device buffers that the
   step updates in place (`Bucket`); the host looks at the stop flags only every `CHECK_EVERY` steps;
 - the harness's interventions stay inside the graph: every hook on the model must declare itself graph-safe
@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from harness.engine.hooks import GraphEdit, graph_edits
-from harness.engine.kvcache import StaticKV, decode_attention
+from harness.engine.kvcache import StaticKV, decode_kernels, rms_norms
 from harness.engine.models import LoadedModel
 
 BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
@@ -110,6 +110,7 @@ class Bucket:
     finished: torch.Tensor  # (batch,) bool: the row has emitted an end-of-sequence token
     stop: torch.Tensor  # (n,) the end-of-sequence ids
     pad: int  # the id written after a row's end of sequence
+    norms: list[nn.Module]  # the model's RMSNorm modules, fused inside a decode step
     graphs: dict[tuple[Any, ...], Captured] = field(default_factory=dict)
 
     @classmethod
@@ -121,7 +122,7 @@ class Bucket:
                    torch.zeros(shape.batch, 1, dtype=torch.long, device=device),
                    torch.zeros(1, dtype=torch.long, device=device),
                    torch.zeros(shape.batch, dtype=torch.bool, device=device),
-                   torch.tensor(shape.stop, dtype=torch.long, device=device), shape.pad)
+                   torch.tensor(shape.stop, dtype=torch.long, device=device), shape.pad, rms_norms(lm.model))
 
     @property
     def nbytes(self) -> int:
@@ -260,7 +261,7 @@ def _step(lm: LoadedModel, bucket: Bucket) -> None:
     visible = bucket.visible
     visible.index_fill_(1, bucket.slot, True if visible.dtype == torch.bool else 0.0)
     token = bucket.seq.index_select(1, bucket.slot)
-    with decode_attention():
+    with decode_kernels(bucket.norms):
         logits = _forward(lm, bucket.kv, token, visible[:, None, None, :], bucket.positions)
     chosen = logits.argmax(-1).masked_fill(bucket.finished, bucket.pad)  # finished rows: pad, as generate does
     bucket.seq.index_copy_(1, bucket.slot + 1, chosen[:, None])

@@ -159,9 +159,9 @@ def edit_site(model: nn.Module, site: str | Site, fn: EditFn, *, mode: str = "al
     def post_hook(_module: nn.Module, _args: Any, out: Any) -> Any:
         return apply(out)
 
-    hook = pre_hook if resolved.direction == "input" else post_hook
-    if graph is not None:
-        hook.graph_edit = GraphEdit(resolved.name, mode, graph, log)  # type: ignore[attr-defined]
+    if graph is not None:  # found by graph_edits on whichever of the two is registered
+        pre_hook.graph_edit = post_hook.graph_edit = GraphEdit(  # type: ignore[attr-defined]
+            resolved.name, mode, graph, log)
     if resolved.direction == "input":
         handle = resolved.module.register_forward_pre_hook(pre_hook)
     else:
