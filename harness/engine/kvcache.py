@@ -65,7 +65,8 @@ def grouped_decode_attention(module: nn.Module, query: torch.Tensor, key: torch.
     if mask is not None and q_len > 1:
         mask = mask[:, :, None].expand(batch, 1, groups, q_len, length).reshape(batch, 1, groups * q_len, length)
     out = torch.nn.functional.scaled_dot_product_attention(grouped, key, value, attn_mask=mask, scale=scaling)
-    return out.view(batch, heads, q_len, head_dim).transpose(1, 2).contiguous(), None
+    # reshape, not view: on a GPU the fused kernel may return its output in a transposed layout
+    return out.reshape(batch, heads, q_len, head_dim).transpose(1, 2).contiguous(), None
 
 
 def fused_rms_norm(norm: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
