@@ -33,7 +33,7 @@ def draw(found: dict[str, Any], path: Path) -> None:
     cost.set(xlabel="prompts per condition (n)", ylabel="wall time (s)", xscale="log", yscale="log",
              title="cost against n")
     memory.set(xlabel="prompts per condition (n)", ylabel="peak device memory above the weights (GB)", xscale="log",
-               title=f"memory against n (batch {found['batch_size']})")
+               title=f"memory against n (forward batch {found['batch_size']}, generate batch 1024 rows)")
     cost.legend(fontsize=7)
     memory.legend(fontsize=7)
     fig.suptitle(f"{found['model']} ({found['weights']} weights, {found['dtype']}), {found['device']}", fontsize=9)
