@@ -339,3 +339,16 @@ def test_a_reused_graph_reads_each_batch_s_own_tensors(cuda_models: dict[str, tu
             assert graph.paths[0]["captured"] is (index == 0), graph.paths
             outputs.append(_ids(graph))
         assert len({tuple(o) for o in outputs}) > 1, f"{name}: the variants do not change the tokens"
+
+
+def test_static_path_equals_eager_with_eager_attention(tiny_lm: LoadedModel, sources: Any) -> None:
+    """A model loaded with eager attention gets an additive mask, in the prefill and in every decode step."""
+    tiny_lm.model.set_attn_implementation("eager")
+    try:
+        assert tiny_lm.model.config._attn_implementation == "eager"
+        (record,) = _compare(tiny_lm, sources, "patch_all_calls", "static")
+    finally:
+        tiny_lm.model.set_attn_implementation("sdpa")
+        decode.release(tiny_lm.model)
+    assert record["path"] == "static"
+    assert tiny_lm.model.config._attn_implementation == "sdpa"
