@@ -48,6 +48,8 @@ def test_report_flags_the_l31_criterion_non_diagnostic(tiny_lm: LoadedModel) -> 
         check(res)
     published = results["as_published"]
     assert published["passed"] is True and published["non_diagnostic"] is True
+    paths = published["data"]["generation_paths"]  # which generation path ran, recorded in every result
+    assert paths["batches"] == {"eager": 1} and "CUDA" in paths["reasons"][0] and paths["graphs_recorded"] == 0
     assert any("non-diagnostic" in note for note in published["notes"])
     assert results["control:detector_on_unablated"]["passed"] is False
     assert results["control:other_layers"]["passed"] is False

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -35,6 +35,7 @@ class GenContext:
     seed: int = 0
     batch_size: int = 32  # prompts per forward pass (source captures), as --claim-batch-size
     generate_batch_size: int = 1024  # rows per generate call: each holds only prompt + new tokens of KV cache
+    paths: list[dict[str, Any]] = field(default_factory=list)  # how each generated batch ran (PathRecord dicts)
 
     def layer(self, published: int) -> int:
         """A published layer index mapped to this model by relative depth."""
@@ -46,13 +47,17 @@ class GenContext:
 
     def generate(self, prompts: Sequence[str], intervention: Intervention | None = None) -> GenerationRun:
         """Greedy generation with the claim's max_new_tokens, `generate_batch_size` rows per call."""
-        return generate(self.lm, prompts, self.claim.protocol["max_new_tokens"], intervention=intervention,
-                        batch_size=self.generate_batch_size)
+        run = generate(self.lm, prompts, self.claim.protocol["max_new_tokens"], intervention=intervention,
+                       batch_size=self.generate_batch_size)
+        self.paths.extend(run.paths)
+        return run
 
     def run(self, *conditions: Condition) -> dict[str, GenerationRun]:
         """Several conditions as rows of one batched generation (see `generation.generate_conditions`)."""
-        return generate_conditions(self.lm, conditions, self.claim.protocol["max_new_tokens"],
+        runs = generate_conditions(self.lm, conditions, self.claim.protocol["max_new_tokens"],
                                    batch_size=self.generate_batch_size)
+        self.paths.extend({id(p): p for run in runs.values() for p in run.paths}.values())
+        return runs
 
 
 def published_figures(claim: Claim) -> dict[str, Any]:
@@ -64,8 +69,17 @@ def result(ctx: GenContext, protocol: str, criterion: Criterion, observed: Mappi
            ) -> dict[str, Any]:
     """A protocol result for this context: `as_published` for the published protocol, else a control."""
     kind = "as_published" if protocol == "as_published" else "control"
+    data = {**dict(extra.pop("data", None) or {}), "generation_paths": path_summary(ctx.paths)}
     return protocol_result(ctx.claim, protocol, kind, criterion, observed, lm=ctx.lm, banks=(ctx.bank,),
-                           published=published_figures(ctx.claim), **extra)
+                           published=published_figures(ctx.claim), data=data, **extra)
+
+
+def path_summary(paths: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Which generation path ran the protocol's batches (see `harness.engine.generation`), and why not the
+    graph path where it did not."""
+    return {"batches": dict(Counter(p["path"] for p in paths)),
+            "reasons": sorted({p["reason"] for p in paths if p.get("reason")}),
+            "graphs_recorded": sum(bool(p.get("captured")) for p in paths)}
 
 
 def control_criterion(ctx: GenContext, name: str) -> Criterion:
