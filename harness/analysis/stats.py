@@ -111,13 +111,57 @@ def cohens_d(a: Sequence[float], b: Sequence[float]) -> float:
 
 def bootstrap_mean_diff_ci(a: Sequence[float], b: Sequence[float], level: float = 0.95, n_resamples: int = 5000,
                            seed: int = 0) -> tuple[float, float]:
-    """Percentile bootstrap CI of mean(a) - mean(b), resampling each group independently (seeded)."""
+    """Percentile bootstrap CI of mean(a) - mean(b), each group resampled on its own (scipy.stats.bootstrap,
+    seeded)."""
     x, y = _arr(a, "a"), _arr(b, "b")
-    rng = np.random.default_rng(seed)
-    xs = rng.choice(x, size=(n_resamples, x.size)).mean(1)
-    ys = rng.choice(y, size=(n_resamples, y.size)).mean(1)
-    lo, hi = np.quantile(xs - ys, [(1 - level) / 2, (1 + level) / 2])
-    return float(lo), float(hi)
+    res = sps.bootstrap((x, y), lambda u, v, axis: np.mean(u, axis=axis) - np.mean(v, axis=axis),
+                        n_resamples=n_resamples, confidence_level=level, method="percentile", vectorized=True,
+                        paired=False, rng=np.random.default_rng(seed))
+    return float(res.confidence_interval.low), float(res.confidence_interval.high)
+
+
+@dataclass(frozen=True)
+class Interval:
+    """An estimate with its two-sided confidence interval and the standard error it rests on."""
+
+    estimate: float
+    low: float
+    high: float
+    se: float
+    df: float
+    confidence: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def mean_ci(diffs: Sequence[float], confidence: float) -> Interval:
+    """The mean of paired differences with its t interval (scipy ttest_1samp(...).confidence_interval). When
+    every difference is equal the interval is that value (no spread, nothing to be uncertain about)."""
+    d = _arr(diffs, "differences")
+    mean, se = float(d.mean()), float(d.std(ddof=1) / math.sqrt(d.size))
+    if se == 0:
+        return Interval(mean, mean, mean, 0.0, d.size - 1.0, confidence)
+    ci = sps.ttest_1samp(d, 0.0).confidence_interval(confidence)
+    return Interval(mean, float(ci.low), float(ci.high), se, d.size - 1.0, confidence)
+
+
+def mean_diff_ci(a: Sequence[float], b: Sequence[float], confidence: float, equal_var: bool = False) -> Interval:
+    """mean(a) - mean(b) with its t interval: Welch by default, Student with `equal_var`
+    (scipy ttest_ind(...).confidence_interval)."""
+    x, y = _arr(a, "a"), _arr(b, "b")
+    estimate = float(x.mean() - y.mean())
+    vx, vy = x.var(ddof=1), y.var(ddof=1)
+    if equal_var:
+        pooled = ((x.size - 1) * vx + (y.size - 1) * vy) / (x.size + y.size - 2)
+        se = float(math.sqrt(pooled * (1 / x.size + 1 / y.size)))
+    else:
+        se = float(math.sqrt(vx / x.size + vy / y.size))
+    if se == 0:
+        return Interval(estimate, estimate, estimate, 0.0, x.size + y.size - 2.0, confidence)
+    res = sps.ttest_ind(x, y, equal_var=equal_var)
+    ci = res.confidence_interval(confidence)
+    return Interval(estimate, float(ci.low), float(ci.high), se, float(res.df), confidence)
 
 
 @dataclass(frozen=True)
@@ -127,10 +171,18 @@ class Regression:
     t: tuple[float, ...]
     p: tuple[float, ...]
     df: int
+    se: tuple[float, ...] = ()
+    resid_sd: float = float("nan")  # sqrt(residual sum of squares / df)
 
     def term(self, name: str) -> dict[str, float]:
         i = self.names.index(name)
-        return {"coef": self.coef[i], "t": self.t[i], "p": self.p[i]}
+        return {"coef": self.coef[i], "t": self.t[i], "p": self.p[i], "se": self.se[i]}
+
+    def interval(self, name: str, confidence: float) -> Interval:
+        """The coefficient's t interval (scipy.stats.t.interval, df = n - columns)."""
+        i = self.names.index(name)
+        low, high = sps.t.interval(confidence, self.df, loc=self.coef[i], scale=self.se[i])
+        return Interval(self.coef[i], float(low), float(high), self.se[i], float(self.df), confidence)
 
 
 def ols(y: Sequence[float], columns: dict[str, Sequence[float]]) -> Regression:
@@ -144,9 +196,11 @@ def ols(y: Sequence[float], columns: dict[str, Sequence[float]]) -> Regression:
     coef, *_ = np.linalg.lstsq(design, target, rcond=None)
     resid = target - design @ coef
     cov = (resid @ resid / df) * np.linalg.inv(design.T @ design)
-    t = coef / np.sqrt(np.diag(cov))
+    se = np.sqrt(np.diag(cov))
+    t = coef / se
     p = 2 * sps.t.sf(np.abs(t), df)
-    return Regression(names, tuple(map(float, coef)), tuple(map(float, t)), tuple(map(float, p)), int(df))
+    return Regression(names, tuple(map(float, coef)), tuple(map(float, t)), tuple(map(float, p)), int(df),
+                      tuple(map(float, se)), float(math.sqrt(resid @ resid / df)))
 
 
 def nan_mean(x: Sequence[float]) -> float:

@@ -22,6 +22,7 @@ from harness.analysis.metrics import participation_ratio, r_v
 from harness.claimkit.prompts import PromptBank
 from harness.claimkit.registry import Claim
 from harness.claimkit.results import protocol_result
+from harness.engine.formatting import PromptFormat
 from harness.engine.models import LoadedModel
 from harness.engine.runner import Window, forward_capture, token_counts
 from harness.engine.sites import map_layer
@@ -48,17 +49,19 @@ def layers_for(claim: Claim, lm: LoadedModel) -> tuple[int, int]:
 
 
 def measure(lm: LoadedModel, claim: Claim, prompts: Sequence[str], window: Window, batch_size: int = 32,
-            min_tokens: int = 1) -> RVRun:
-    """R_V per prompt; prompts shorter than `min_tokens` or with a NaN PR are counted, never silently lost."""
+            min_tokens: int = 1, fmt: PromptFormat | None = None) -> RVRun:
+    """R_V per prompt in `fmt` (default: the claim protocol's); prompts shorter than `min_tokens` or with a NaN
+    PR are counted, never silently lost."""
     early, late = layers_for(claim, lm)
     point = claim.protocol["site"]
-    counts = token_counts(lm, prompts)
+    fmt = fmt or PromptFormat.of(claim.protocol)
+    counts = token_counts(lm, prompts, fmt)
     keep = [p for p, t in zip(prompts, counts, strict=True) if t >= min_tokens]
     excluded: Counter[str] = Counter(shorter_than_window=len(prompts) - len(keep))
     if not keep:
         return RVRun([], [], [], [], [], excluded)
     sites = [f"blocks.{early}.{point}", f"blocks.{late}.{point}"]
-    cap = forward_capture(lm, keep, sites, window, batch_size)
+    cap = forward_capture(lm, keep, sites, window, batch_size, fmt)
     excluded["oom_batch_halvings"] = cap.halvings
     centred = bool(claim.protocol.get("centred", False))
     pr_e = participation_ratio(cap.windows[sites[0]], cap.rows, centred).cpu()
@@ -120,17 +123,25 @@ class Context:
     bank: PromptBank
     seed: int = 0
     batch_size: int = 32
-    # Wraps every measurement, given the prompts it will run (the known-answer test plants an effect here).
-    around_run: Callable[[Sequence[str]], AbstractContextManager[Any]] | None = None
+    # Wraps every measurement, given the prompts, window and format it will run (the known-answer tests plant
+    # an effect here).
+    around_run: Callable[[Sequence[str], Window, PromptFormat], AbstractContextManager[Any]] | None = None
+
+    @property
+    def fmt(self) -> PromptFormat:
+        """The protocol's prompt format: [protocol].chat_template and .bos."""
+        return PromptFormat.of(self.claim.protocol)
 
     def window(self, size: int | None = None, exclude_bos: bool | None = None) -> Window:
         p = self.claim.protocol
         return Window(size or p["window"], p["exclude_bos"] if exclude_bos is None else exclude_bos)
 
-    def run(self, prompts: Sequence[str], window: Window, min_tokens: int = 1) -> RVRun:
-        wrap = self.around_run(prompts) if self.around_run is not None else nullcontext()
+    def run(self, prompts: Sequence[str], window: Window, min_tokens: int = 1,
+            fmt: PromptFormat | None = None) -> RVRun:
+        fmt = fmt or self.fmt
+        wrap = self.around_run(prompts, window, fmt) if self.around_run is not None else nullcontext()
         with wrap:
-            return measure(self.lm, self.claim, prompts, window, self.batch_size, min_tokens)
+            return measure(self.lm, self.claim, prompts, window, self.batch_size, min_tokens, fmt)
 
 
 def _two_groups(ctx: Context, protocol: str, kind: str, criterion: dict[str, Any], rec: RVRun, base: RVRun,
@@ -173,7 +184,7 @@ def rederive(claim: Claim, published_dir: Path) -> dict[str, Any]:
     observed = {"t": res.statistic, "p_value": res.p_value, "t_abs_error": abs(res.statistic - pub["t"]),
                 "p_abs_error": abs(res.p_value - pub["p_value"]), "t_without_ddof_conversion": wrong.statistic,
                 "p_without_ddof_conversion": wrong.p_value,
-                "meets_protocol_separation_0_25": float(section["separation"] >= 0.25)}
+                "meets_protocol_separation": float(section["separation"] >= pub["protocol_separation_min"])}
     per = stats.student_t(pub["baseline_per_prompt"], pub["recursive_per_prompt"])
     observed.update(t_from_per_prompt=per.statistic, p_from_per_prompt=per.p_value)
     published = {"t": pub["t"], "p_value": pub["p_value"], "json_t": section["t_statistic"],
