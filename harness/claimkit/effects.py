@@ -91,3 +91,11 @@ def two_sample_effect(spec: EffectSpec, a: Sequence[float], b: Sequence[float]) 
 def interval_effect(spec: EffectSpec, interval: stats.Interval, sd: float, paired: bool = False) -> Stated:
     """An effect whose interval comes from elsewhere (a regression coefficient, a difference of differences)."""
     return _stated(spec, interval, sd, paired)
+
+
+def stratum_effect(spec: EffectSpec, treated: Sequence[Sequence[float]], reference: Sequence[float],
+                   n_resamples: int, seed: int, bounds: tuple[float, float] = (-1.0, 1.0)) -> Stated:
+    """mean over strata of mean(treated) - reference (rates by default: within [-1, 1]), with its within-stratum
+    permutation interval (harness.analysis.stats.stratum_permutation_ci); n_needed is the number of strata."""
+    interval = stats.stratum_permutation_ci(treated, reference, spec.confidence, n_resamples, seed, bounds)
+    return _stated(spec, interval, interval.se * math.sqrt(len(reference)), paired=True)

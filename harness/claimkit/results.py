@@ -41,6 +41,10 @@ def protocol_result(claim: Claim, protocol: str, kind: str, criterion: Criterion
         missing = sorted(m for m, d in detail.items() if d["passed"] is None)
         notes = (f"inconclusive: {', '.join(missing)} not observed or not finite; "
                  f"exclusions: {dict(exclusions or {}) or 'none'}",)
+    ran = str(lm.model.dtype).removeprefix("torch.") if lm is not None else None
+    if ran is not None and claim.protocol.get("dtype") not in (None, ran):
+        notes = (*notes, f"the protocol's dtype is {claim.protocol['dtype']}; this model ran in {ran}"
+                 + (" (a tiny stand-in, float32 on the CPU)" if lm is not None and lm.spec.tiny else ""))
     if kind == "control" and effect is None:  # no effect with a CI: no decision, the verdict cannot rest on it
         notes = (*notes, "this control states no effect with a CI: its criterion is reported, it decides nothing")
     return {

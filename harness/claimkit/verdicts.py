@@ -199,11 +199,12 @@ def verdict(results: Iterable[Mapping[str, Any]], declared: Declared) -> Verdict
        -> measured (inconclusive when one is None);
     2. an as-published criterion that is None -> inconclusive; False -> not_reproduced;
     3. a null on which the as-published criterion also holds -> non_diagnostic;
-    4. a declared control or null not run (and not skipped on purpose) -> inconclusive ("controls not run: ...",
+    4. a control that fails (positive evidence of its artefact) -> fragile;
+    5. a declared control or null not run (and not skipped on purpose) -> inconclusive ("controls not run: ...",
        "nulls not run: ..."); a null whose criterion could not be evaluated -> inconclusive;
-    5. a control that fails -> fragile; one underpowered -> underpowered; one None -> inconclusive;
-    6. no control ran at all -> inconclusive (reproduced needs at least one diagnostic control);
-    7. otherwise -> reproduced.
+    6. a control underpowered -> underpowered (with n_needed); one without a decision -> inconclusive;
+    7. no control ran at all -> inconclusive (reproduced needs at least one diagnostic control);
+    8. otherwise -> reproduced.
     Robustness results never change the verdict.
     """
     items = list(results)
@@ -256,6 +257,11 @@ def _modelled(out: Verdict, by_kind: Mapping[str, list[Mapping[str, Any]]], decl
         out.verdict = "non_diagnostic"
         out.reasons.append("the as-published criterion also holds under its null: " + ", ".join(nulls))
         return out
+    failed = [name for name, d in out.controls.items() if d == "fail"]
+    if failed:  # positive evidence of an artefact: whatever else ran or did not
+        out.verdict = "fragile"
+        out.reasons.append("fragile: " + ", ".join(failed))
+        return out
     if out.not_run or None in out.nulls.values():
         for label, names in (("controls", declared.controls), ("nulls", declared.nulls)):
             missing = [c for c in out.not_run if c in names]
@@ -265,14 +271,13 @@ def _modelled(out: Verdict, by_kind: Mapping[str, list[Mapping[str, Any]]], decl
         if unknown:
             out.reasons.append("null not evaluable: " + ", ".join(unknown))
         return out
-    decisions = list(out.controls.values())
-    for decision, label in (("fail", "fragile"), ("underpowered", "underpowered"), (None, "inconclusive")):
+    for decision, label in (("underpowered", "underpowered"), (None, "inconclusive")):
         hit = [name for name, d in out.controls.items() if d == decision]
         if hit:
             out.verdict = label
             out.reasons.append(f"{label}: " + ", ".join(hit))
             return out
-    if not decisions:
+    if not out.controls:
         out.reasons.append("no control ran: reproduced needs at least one diagnostic control")
         return out
     out.verdict = "reproduced"

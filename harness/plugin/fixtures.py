@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from harness.claimkit.prompts import PromptBank
     from harness.claimkit.registry import Claim
     from harness.engine.models import LoadedModel
+    from harness.engine.specs import ModelSpec
     from harness.plugin.options import Options
 
 RESULT_KEY = "claim_harness.result"  # the user_property that carries one protocol result
@@ -99,22 +100,22 @@ def model_id(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def lm(model_id: str, model_cache: ModelCache, claim: Claim) -> LoadedModel:
-    """The model under test in its claim's protocol dtype ([protocol].dtype, else the registry's), loaded
-    once per session, model and dtype."""
-    return model_cache.get(model_id, protocol_dtype(claim))
+def lm(model_id: str, model_cache: ModelCache, claim: Claim, harness_options: Options) -> LoadedModel:
+    """The model under test in its claim's protocol dtype, loaded once per session, model and dtype."""
+    return model_cache.get(model_id, protocol_dtype(claim, harness_options.registry[model_id]))
 
 
 @pytest.fixture
 def null_lm(lm: LoadedModel, model_cache: ModelCache, claim: Claim) -> LoadedModel:
     """The null-weights check's model: a seeded random-weight twin of `lm` (see harness.engine.models)."""
-    return model_cache.null_twin(lm, protocol_dtype(claim))
+    return model_cache.null_twin(lm, protocol_dtype(claim, lm.spec))
 
 
-def protocol_dtype(claim: Claim) -> str | None:
-    """The dtype a claim's protocol names (the source's), or None for the registry's."""
+def protocol_dtype(claim: Claim, spec: ModelSpec) -> str | None:
+    """The dtype a claim's protocol names (the source's), or None for the registry's. Tiny stand-ins keep the
+    registry's float32: they check that a protocol runs, and float16 matmuls are emulated on the CPU."""
     value = claim.protocol.get("dtype")
-    return str(value) if value is not None else None
+    return str(value) if value is not None and not spec.tiny else None
 
 
 @pytest.fixture
