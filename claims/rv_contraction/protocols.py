@@ -86,7 +86,7 @@ def _stated_result(ctx: Context, name: str, stated: Stated, rec: RVRun, base: RV
 def _two_sample_control(ctx: Context, name: str, rec: RVRun, base: RVRun, extra: dict[str, Any],
                         notes: tuple[str, ...] = ()) -> dict[str, Any]:
     stated = two_sample_effect(EffectSpec.of(ctx.claim, name), base.r_v, rec.r_v)
-    observed, tests = compare(rec, base, ctx.seed)
+    observed, tests = compare(rec, base, ctx.seed, ctx.claim)
     extra = {k: v for k, v in observed.items() if k not in ("separation", "n_recursive", "n_baseline")} | extra
     return _stated_result(ctx, name, stated, rec, base, extra, tests,
                           {"recursive": _per_prompt(rec), "baseline": _per_prompt(base)}, notes)

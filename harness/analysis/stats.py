@@ -36,17 +36,25 @@ def _arr(x: Sequence[float], name: str, minimum: int = 2) -> np.ndarray:
     return a
 
 
+def t_test_rows(a: np.ndarray, b: np.ndarray, equal_var: bool,
+                alternative: str = "greater") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(statistic, p, df) of scipy's ttest_ind along the last axis: one test per row of (draws, n) arrays, the
+    same code path for one sample and for many (calibration draws)."""
+    res = sps.ttest_ind(a, b, axis=-1, equal_var=equal_var, alternative=alternative)
+    return np.asarray(res.statistic), np.asarray(res.pvalue), np.asarray(res.df)
+
+
 def student_t(a: Sequence[float], b: Sequence[float], alternative: str = "greater") -> TestResult:
     """scipy ttest_ind with equal variances: the source's test (one-sided, df = n_a + n_b - 2)."""
     x, y = _arr(a, "a"), _arr(b, "b")
-    res = sps.ttest_ind(x, y, equal_var=True, alternative=alternative)
-    return TestResult("student_t", float(res.statistic), float(res.pvalue), x.size + y.size - 2.0, alternative)
+    stat, p, _ = t_test_rows(x, y, True, alternative)
+    return TestResult("student_t", float(stat), float(p), x.size + y.size - 2.0, alternative)
 
 
 def welch_t(a: Sequence[float], b: Sequence[float], alternative: str = "greater") -> TestResult:
     x, y = _arr(a, "a"), _arr(b, "b")
-    res = sps.ttest_ind(x, y, equal_var=False, alternative=alternative)
-    return TestResult("welch_t", float(res.statistic), float(res.pvalue), float(res.df), alternative)
+    stat, p, df = t_test_rows(x, y, False, alternative)
+    return TestResult("welch_t", float(stat), float(p), float(df), alternative)
 
 
 def mann_whitney(a: Sequence[float], b: Sequence[float], alternative: str = "greater") -> TestResult:
@@ -135,33 +143,52 @@ class Interval:
         return asdict(self)
 
 
+def mean_ci_rows(diffs: np.ndarray, confidence: float) -> tuple[np.ndarray, ...]:
+    """(estimate, low, high, se, df) per row of a (draws, n) array of paired differences: the t interval of
+    scipy ttest_1samp(...).confidence_interval. A row whose differences are all equal gets that value as its
+    interval (no spread, nothing to be uncertain about)."""
+    d = np.asarray(diffs, dtype=float)
+    n = d.shape[-1]
+    mean, se = d.mean(-1), d.std(-1, ddof=1) / math.sqrt(n)
+    spread = se > 0
+    low, high = mean.copy(), mean.copy()
+    if spread.any():
+        ci = sps.ttest_1samp(d[spread] if d.ndim > 1 else d, 0.0, axis=-1).confidence_interval(confidence)
+        low[spread], high[spread] = ci.low, ci.high
+    return mean, low, high, se, np.full(mean.shape, n - 1.0)
+
+
+def mean_diff_ci_rows(a: np.ndarray, b: np.ndarray, confidence: float,
+                      equal_var: bool = False) -> tuple[np.ndarray, ...]:
+    """(estimate, low, high, se, df) of mean(a) - mean(b) per row: the t interval of scipy
+    ttest_ind(...).confidence_interval, Welch by default, Student with `equal_var`."""
+    x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    nx, ny = x.shape[-1], y.shape[-1]
+    estimate = x.mean(-1) - y.mean(-1)
+    vx, vy = x.var(-1, ddof=1), y.var(-1, ddof=1)
+    pooled = ((nx - 1) * vx + (ny - 1) * vy) / (nx + ny - 2)
+    se = np.sqrt(pooled * (1 / nx + 1 / ny)) if equal_var else np.sqrt(vx / nx + vy / ny)
+    spread = se > 0
+    low, high = estimate.copy(), estimate.copy()
+    df = np.full(estimate.shape, nx + ny - 2.0)
+    if spread.any():
+        pick = (lambda v: v[spread]) if x.ndim > 1 else (lambda v: v)
+        res = sps.ttest_ind(pick(x), pick(y), axis=-1, equal_var=equal_var)
+        ci = res.confidence_interval(confidence)
+        low[spread], high[spread], df[spread] = ci.low, ci.high, res.df
+    return estimate, low, high, se, df
+
+
 def mean_ci(diffs: Sequence[float], confidence: float) -> Interval:
-    """The mean of paired differences with its t interval (scipy ttest_1samp(...).confidence_interval). When
-    every difference is equal the interval is that value (no spread, nothing to be uncertain about)."""
-    d = _arr(diffs, "differences")
-    mean, se = float(d.mean()), float(d.std(ddof=1) / math.sqrt(d.size))
-    if se == 0:
-        return Interval(mean, mean, mean, 0.0, d.size - 1.0, confidence)
-    ci = sps.ttest_1samp(d, 0.0).confidence_interval(confidence)
-    return Interval(mean, float(ci.low), float(ci.high), se, d.size - 1.0, confidence)
+    """The mean of paired differences with its t interval (`mean_ci_rows` on one row)."""
+    mean, low, high, se, df = mean_ci_rows(_arr(diffs, "differences"), confidence)
+    return Interval(float(mean), float(low), float(high), float(se), float(df), confidence)
 
 
 def mean_diff_ci(a: Sequence[float], b: Sequence[float], confidence: float, equal_var: bool = False) -> Interval:
-    """mean(a) - mean(b) with its t interval: Welch by default, Student with `equal_var`
-    (scipy ttest_ind(...).confidence_interval)."""
-    x, y = _arr(a, "a"), _arr(b, "b")
-    estimate = float(x.mean() - y.mean())
-    vx, vy = x.var(ddof=1), y.var(ddof=1)
-    if equal_var:
-        pooled = ((x.size - 1) * vx + (y.size - 1) * vy) / (x.size + y.size - 2)
-        se = float(math.sqrt(pooled * (1 / x.size + 1 / y.size)))
-    else:
-        se = float(math.sqrt(vx / x.size + vy / y.size))
-    if se == 0:
-        return Interval(estimate, estimate, estimate, 0.0, x.size + y.size - 2.0, confidence)
-    res = sps.ttest_ind(x, y, equal_var=equal_var)
-    ci = res.confidence_interval(confidence)
-    return Interval(estimate, float(ci.low), float(ci.high), se, float(res.df), confidence)
+    """mean(a) - mean(b) with its t interval (`mean_diff_ci_rows` on one row): Welch by default."""
+    est, low, high, se, df = mean_diff_ci_rows(_arr(a, "a"), _arr(b, "b"), confidence, equal_var)
+    return Interval(float(est), float(low), float(high), float(se), float(df), confidence)
 
 
 def stratum_permutation_ci(treated: Sequence[Sequence[float]], reference: Sequence[float], confidence: float,
@@ -192,7 +219,10 @@ def stratum_permutation_ci(treated: Sequence[Sequence[float]], reference: Sequen
     n = len(reference)
     estimate, nulls = estimate / n, nulls / n
     tail = (1 - confidence) / 2
-    lo_q, hi_q = np.quantile(nulls - nulls.mean(), [tail, 1 - tail])
+    # the null is centred at 0 by construction (each stratum's permuted statistic has mean 0); its quantiles
+    # are taken at atoms ("lower" and "higher"), never interpolated between them, so low > 0 is exact
+    lo_q = float(np.quantile(nulls, tail, method="lower"))
+    hi_q = float(np.quantile(nulls, 1 - tail, method="higher"))
     # a very discrete null can put both quantiles on one side of 0: the interval still holds the estimate, and
     # never leaves the values the difference can take (`bounds`, e.g. [-1, 1] for rates)
     low = min(max(estimate - hi_q, bounds[0]), estimate)

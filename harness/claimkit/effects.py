@@ -16,7 +16,7 @@ from typing import Any
 
 from harness.analysis import stats
 from harness.claimkit.registry import Claim, ClaimError
-from harness.claimkit.verdicts import Effect, n_for_power
+from harness.claimkit.verdicts import Effect, control_decision, n_for_power
 
 
 @dataclass(frozen=True)
@@ -66,8 +66,10 @@ class Stated:
 
 
 def _stated(spec: EffectSpec, interval: stats.Interval, sd: float, paired: bool) -> Stated:
-    d = spec.published / sd if sd > 0 and math.isfinite(sd) else math.inf
-    n_needed = n_for_power(d, alpha=spec.alpha, alternative="greater", paired=paired) if math.isfinite(d) else None
+    n_needed = None
+    if control_decision(spec.effect(interval)).decision == "underpowered":  # power at the published effect
+        d = spec.published / sd if sd > 0 and math.isfinite(sd) else math.inf
+        n_needed = n_for_power(d, alpha=spec.alpha, alternative="greater", paired=paired) if math.isfinite(d) else None
     observed = {spec.name: interval.estimate, f"{spec.name}_ci_low": interval.low,
                 f"{spec.name}_ci_high": interval.high, f"{spec.name}_se": interval.se,
                 "published_effect": spec.published, "effect_floor": spec.min_fraction * spec.published}

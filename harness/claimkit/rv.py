@@ -77,20 +77,41 @@ def measure(lm: LoadedModel, claim: Claim, prompts: Sequence[str], window: Windo
                  [float(pr_l[i]) for i in idx], [cap.lengths[i] for i in idx], excluded)
 
 
-def compare(rec: RVRun, base: RVRun, seed: int = 0) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The published comparison (Student t, one-sided, baseline > recursive) plus robust companions."""
+EQUAL_VARIANCES = {"student_t": True}  # [protocol].test -> scipy's equal_var
+
+
+def published_p_rows(claim: Claim, base: np.ndarray, rec: np.ndarray) -> np.ndarray:
+    """The source's test of baseline against recursive R_V, as [protocol].test and .alternative name it
+    (Student t, one-sided: baseline greater): its p per row of (draws, n) arrays (or for one sample)."""
+    p = claim.protocol
+    return stats.t_test_rows(base, rec, EQUAL_VARIANCES[p["test"]], p["alternative"])[1]
+
+
+def published_test(claim: Claim, base: Sequence[float], rec: Sequence[float]) -> stats.TestResult:
+    """`published_p_rows` on one sample, with its statistic, as the report records it."""
+    p = claim.protocol
+    stat, _, df = stats.t_test_rows(np.asarray(base, float), np.asarray(rec, float), EQUAL_VARIANCES[p["test"]],
+                                    p["alternative"])
+    value = published_p_rows(claim, np.asarray(base, float), np.asarray(rec, float))
+    return stats.TestResult(p["test"], float(stat), float(value), float(df), p["alternative"])
+
+
+def compare(rec: RVRun, base: RVRun, seed: int = 0,
+            claim: Claim | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The published comparison (`published_test`; without a claim, Student t one-sided, baseline > recursive)
+    plus robust companions."""
     observed: dict[str, Any] = {"n_recursive": len(rec.r_v), "n_baseline": len(base.r_v)}
     if len(rec.r_v) < 2 or len(base.r_v) < 2:
         observed.update(separation=float("nan"), p_value=float("nan"))
         return observed, {}
     d_rec, d_base = stats.describe(rec.r_v), stats.describe(base.r_v)
-    student = stats.student_t(base.r_v, rec.r_v)
+    student = published_test(claim, base.r_v, rec.r_v) if claim is not None else stats.student_t(base.r_v, rec.r_v)
     observed.update(recursive_mean=d_rec["mean"], recursive_std_ddof0=d_rec["std_ddof0"],
                     baseline_mean=d_base["mean"], baseline_std_ddof0=d_base["std_ddof0"],
                     separation=d_base["mean"] - d_rec["mean"], t=student.statistic, p_value=student.p_value,
                     cohens_d=stats.cohens_d(base.r_v, rec.r_v),
                     mean_tokens_recursive=float(np.mean(rec.tokens)), mean_tokens_baseline=float(np.mean(base.tokens)))
-    tests = {"student_t": student.as_dict(), "welch_t": stats.welch_t(base.r_v, rec.r_v).as_dict(),
+    tests = {student.test: student.as_dict(), "welch_t": stats.welch_t(base.r_v, rec.r_v).as_dict(),
              "student_t_two_sided": stats.student_t(base.r_v, rec.r_v, "two-sided").as_dict(),
              "mann_whitney": stats.mann_whitney(base.r_v, rec.r_v).as_dict(),
              "bootstrap_ci_separation": stats.bootstrap_mean_diff_ci(base.r_v, rec.r_v, seed=seed)}
@@ -146,7 +167,7 @@ class Context:
 
 def _two_groups(ctx: Context, protocol: str, kind: str, criterion: dict[str, Any], rec: RVRun, base: RVRun,
                 extra: dict[str, Any] | None = None, notes: tuple[str, ...] = ()) -> dict[str, Any]:
-    observed, tests = compare(rec, base, ctx.seed)
+    observed, tests = compare(rec, base, ctx.seed, ctx.claim)
     observed.update(extra or {})
     published = {k: v for k, v in ctx.claim.published.items() if isinstance(v, int | float)}
     return protocol_result(ctx.claim, protocol, kind, criterion, observed, lm=ctx.lm, banks=(ctx.bank,),
