@@ -82,7 +82,9 @@ def test_rv_contraction_entry_holds_the_protocol_and_controls() -> None:
         16,
     )
     assert claim.criteria["as_coded"] == {"separation": {"gt": 0.10}, "p_value": {"lt": 0.05}}
-    assert {"token_matched", "bos_excluded", "length_covariate", "permutation", "n30"} <= set(claim.controls)
+    assert {"token_matched", "bos_excluded", "length_strata", "chat_template", "permutation", "n30"} <= set(
+        claim.controls)
+    assert (claim.controls["permutation"]["kind"], claim.controls["n30"]["kind"]) == ("robustness", "robustness")
     assert claim.control("permutation")["criterion"] == {"p_value": {"lt": 0.05}}
 
 

@@ -147,13 +147,13 @@ def mean_ci_rows(diffs: np.ndarray, confidence: float) -> tuple[np.ndarray, ...]
     """(estimate, low, high, se, df) per row of a (draws, n) array of paired differences: the t interval of
     scipy ttest_1samp(...).confidence_interval. A row whose differences are all equal gets that value as its
     interval (no spread, nothing to be uncertain about)."""
-    d = np.asarray(diffs, dtype=float)
+    d = np.atleast_2d(np.asarray(diffs, dtype=float))  # (draws, n)
     n = d.shape[-1]
     mean, se = d.mean(-1), d.std(-1, ddof=1) / math.sqrt(n)
     spread = se > 0
     low, high = mean.copy(), mean.copy()
     if spread.any():
-        ci = sps.ttest_1samp(d[spread] if d.ndim > 1 else d, 0.0, axis=-1).confidence_interval(confidence)
+        ci = sps.ttest_1samp(d[spread], 0.0, axis=-1).confidence_interval(confidence)
         low[spread], high[spread] = ci.low, ci.high
     return mean, low, high, se, np.full(mean.shape, n - 1.0)
 
@@ -162,7 +162,7 @@ def mean_diff_ci_rows(a: np.ndarray, b: np.ndarray, confidence: float,
                       equal_var: bool = False) -> tuple[np.ndarray, ...]:
     """(estimate, low, high, se, df) of mean(a) - mean(b) per row: the t interval of scipy
     ttest_ind(...).confidence_interval, Welch by default, Student with `equal_var`."""
-    x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    x, y = np.atleast_2d(np.asarray(a, dtype=float)), np.atleast_2d(np.asarray(b, dtype=float))  # (draws, n)
     nx, ny = x.shape[-1], y.shape[-1]
     estimate = x.mean(-1) - y.mean(-1)
     vx, vy = x.var(-1, ddof=1), y.var(-1, ddof=1)
@@ -172,8 +172,7 @@ def mean_diff_ci_rows(a: np.ndarray, b: np.ndarray, confidence: float,
     low, high = estimate.copy(), estimate.copy()
     df = np.full(estimate.shape, nx + ny - 2.0)
     if spread.any():
-        pick = (lambda v: v[spread]) if x.ndim > 1 else (lambda v: v)
-        res = sps.ttest_ind(pick(x), pick(y), axis=-1, equal_var=equal_var)
+        res = sps.ttest_ind(x[spread], y[spread], axis=-1, equal_var=equal_var)
         ci = res.confidence_interval(confidence)
         low[spread], high[spread], df[spread] = ci.low, ci.high, res.df
     return estimate, low, high, se, df
@@ -181,13 +180,13 @@ def mean_diff_ci_rows(a: np.ndarray, b: np.ndarray, confidence: float,
 
 def mean_ci(diffs: Sequence[float], confidence: float) -> Interval:
     """The mean of paired differences with its t interval (`mean_ci_rows` on one row)."""
-    mean, low, high, se, df = mean_ci_rows(_arr(diffs, "differences"), confidence)
+    mean, low, high, se, df = (v[0] for v in mean_ci_rows(_arr(diffs, "differences"), confidence))
     return Interval(float(mean), float(low), float(high), float(se), float(df), confidence)
 
 
 def mean_diff_ci(a: Sequence[float], b: Sequence[float], confidence: float, equal_var: bool = False) -> Interval:
     """mean(a) - mean(b) with its t interval (`mean_diff_ci_rows` on one row): Welch by default."""
-    est, low, high, se, df = mean_diff_ci_rows(_arr(a, "a"), _arr(b, "b"), confidence, equal_var)
+    est, low, high, se, df = (v[0] for v in mean_diff_ci_rows(_arr(a, "a"), _arr(b, "b"), confidence, equal_var))
     return Interval(float(est), float(low), float(high), float(se), float(df), confidence)
 
 

@@ -266,7 +266,7 @@ def model_seed(spec: ModelSpec, seed: int) -> int:
     return seed + int(hashlib.sha256(spec.id.encode()).hexdigest()[:6], 16)
 
 
-def _load_random(spec: ModelSpec, devices: Sequence[str], seed: int, dtype: torch.dtype) -> LoadedModel:
+def _load_random(spec: ModelSpec, devices: Sequence[str], seed: int, dtype: torch.dtype | None = None) -> LoadedModel:
     """The published architecture at full size with seeded random weights and the offline tokenizer.
 
     On one device the weights are drawn there; to shard, they are drawn on the CPU and then dispatched, so a
@@ -275,6 +275,7 @@ def _load_random(spec: ModelSpec, devices: Sequence[str], seed: int, dtype: torc
     lines = corpus_lines()
     config = _config_from(spec)
     weight_seed = model_seed(spec, seed)
+    dtype = dtype or DTYPES[spec.dtype]
     if len(devices) == 1:
         model = _from_config(config, dtype, devices[0], weight_seed)
     else:
