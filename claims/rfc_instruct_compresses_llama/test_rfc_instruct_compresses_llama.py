@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import pytest
 
-from harness.claimkit.results import check
+from harness.claimkit.declare import NULL_WEIGHTS_PROTOCOL
+from harness.claimkit.results import check, null_weights_result
 from harness.claimkit.role_controls import PROTOCOLS, SCHEMA
 
 pytestmark = pytest.mark.claim("rfc_instruct_compresses_llama", schema=SCHEMA)
@@ -22,3 +23,10 @@ def test_rfc_instruct_compresses_llama(protocol, role, record_claim):
     record_claim(result)
     check(result)
 
+
+
+@pytest.mark.parametrize("protocol", [NULL_WEIGHTS_PROTOCOL])
+def test_null(protocol, lm, null_lm, null_role, record_claim):
+    result = null_weights_result(PROTOCOLS["as_published"](null_role), lm, null_lm)
+    record_claim(result)
+    check(result)

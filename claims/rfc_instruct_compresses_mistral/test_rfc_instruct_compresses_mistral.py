@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import pytest
 
-from harness.claimkit.results import check
+from harness.claimkit.declare import NULL_WEIGHTS_PROTOCOL
+from harness.claimkit.results import check, null_weights_result
 from harness.claimkit.role_controls import PROTOCOLS, SCHEMA, rederive
 
 pytestmark = pytest.mark.claim("rfc_instruct_compresses_mistral", schema=SCHEMA)
@@ -20,6 +21,13 @@ pytestmark = pytest.mark.claim("rfc_instruct_compresses_mistral", schema=SCHEMA)
 @pytest.mark.parametrize("protocol", list(PROTOCOLS))
 def test_rfc_instruct_compresses_mistral(protocol, role, record_claim):
     result = PROTOCOLS[protocol](role)
+    record_claim(result)
+    check(result)
+
+
+@pytest.mark.parametrize("protocol", [NULL_WEIGHTS_PROTOCOL])
+def test_null(protocol, lm, null_lm, null_role, record_claim):
+    result = null_weights_result(PROTOCOLS["as_published"](null_role), lm, null_lm)
     record_claim(result)
     check(result)
 
