@@ -5,7 +5,9 @@ tests/planting.py, and the verdict is read from the JSON report the plugin write
 - a planted real effect (recursive lower by the published separation) -> reproduced;
 - a planted length-only artefact (R_V a function of the token count alone) -> fragile, never reproduced;
 - half the published effect with noise (small n for that effect), the published comparison as published ->
-  underpowered with the n that would decide it, not fragile.
+  underpowered with the n that would decide it, not fragile;
+- an effect planted whatever the weights (the random-weight twin gets it too) -> non_diagnostic.
+The robustness checks are skipped on purpose (--skip-control), which the verdicts list.
 """
 
 from __future__ import annotations
@@ -21,7 +23,11 @@ from harness.claimkit.registry import get_claim
 
 SEED_CLAIM = get_claim("rv_contraction")
 MODEL = "tiny-mistral-instruct"
-SCENARIOS = {"rv_planted_effect": "effect", "rv_length_artefact": "length", "rv_half_effect": "half"}
+SCENARIOS = {"rv_planted_effect": "effect", "rv_length_artefact": "length", "rv_half_effect": "half",
+             "rv_planted_everywhere": "effect"}
+CONTROLS = ("token_matched", "length_strata", "bos_excluded", "chat_template")
+SKIPS = [f"{claim}.{name}" for claim in SCENARIOS for name in ("permutation", "n30")]
+SKIPS += [f"rv_planted_everywhere.{name}" for name in CONTROLS]  # its verdict rests on the null alone
 
 MODULE = '''
 import pytest
@@ -46,8 +52,10 @@ def test_planted(protocol, lm, claim, prompt_bank, harness_options, record_claim
 
 @pytest.mark.parametrize("protocol", [NULL_WEIGHTS_PROTOCOL])
 def test_null(protocol, lm, null_lm, claim, prompt_bank, harness_options, record_claim):
-    result = null_weights_result(as_published(Context(claim, null_lm, prompt_bank, harness_options.seed, 64)),
-                                 lm, null_lm)
+    target, exact = scenario("{scenario}", claim, prompt_bank)
+    plant = planted(null_lm, claim, target, exact) if {plant_null} else None
+    ctx = Context(claim, null_lm, prompt_bank, harness_options.seed, 64, around_run=plant)
+    result = null_weights_result(as_published(ctx), lm, null_lm)
     record_claim(result)
     check(result)
 '''
@@ -60,7 +68,8 @@ def claim_folder(root: Path, claim_id: str, scenario: str) -> None:
     text = SEED_CLAIM.path.read_text(encoding="utf-8").replace('id = "rv_contraction"', f'id = "{claim_id}"', 1)
     (folder / "claim.toml").write_text(text, encoding="utf-8")
     (folder / "prompts.toml").write_bytes((SEED_CLAIM.folder / "prompts.toml").read_bytes())
-    (folder / f"test_{claim_id}.py").write_text(MODULE.format(claim=claim_id, scenario=scenario), encoding="utf-8")
+    module = MODULE.format(claim=claim_id, scenario=scenario, plant_null=claim_id == "rv_planted_everywhere")
+    (folder / f"test_{claim_id}.py").write_text(module, encoding="utf-8")
 
 
 def run_planted(pytester: pytest.Pytester) -> dict[str, dict[str, Any]]:
@@ -69,8 +78,9 @@ def run_planted(pytester: pytest.Pytester) -> dict[str, dict[str, Any]]:
         claim_folder(pytester.path, claim_id, scenario)
     report = pytester.path / "claims.json"
     args = [] if plugin_installed() else ["-p", "harness.plugin"]
+    skips = [arg for name in SKIPS for arg in ("--skip-control", name)]
     run = pytester.runpytest_inprocess(*args, "--models", MODEL, "--claims-json", str(report),
-                                       "--claims-html", "none", "-p", "no:cacheprovider", "-q")
+                                       "--claims-html", "none", "-p", "no:cacheprovider", "-q", *skips)
     assert run.ret == 0, run.stdout.str()[-3000:]
     document = json.loads(report.read_text(encoding="utf-8"))
     return {v["claim"]: v for v in document["verdicts"] if v["model"] == MODEL}
@@ -84,6 +94,7 @@ def test_known_answers_through_the_plugin(pytester: pytest.Pytester) -> None:
     assert set(effect["controls"].values()) == {"pass"} and len(effect["controls"]) == 4
     assert effect["nulls"] == {"null:random_weights": False}
     assert effect["null_weights"] == "ran: the criterion fails on random weights"
+    assert effect["skipped_on_purpose"] == ["permutation", "n30"] and effect["robustness"] == {}
 
     length = verdicts["rv_length_artefact"]  # a length-only artefact -> never reproduced
     assert length["verdict"] == "fragile", length
@@ -95,3 +106,7 @@ def test_known_answers_through_the_plugin(pytester: pytest.Pytester) -> None:
     assert half["verdict"] == "underpowered", half
     assert "fail" not in half["controls"].values()
     assert half["n_needed"] and all(n > 8 for n in half["n_needed"].values())
+
+    everywhere = verdicts["rv_planted_everywhere"]  # the criterion holds without the trained weights too
+    assert everywhere["verdict"] == "non_diagnostic", everywhere
+    assert everywhere["nulls"] == {"null:random_weights": True} and everywhere["non_diagnostic"] is True
