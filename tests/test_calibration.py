@@ -266,3 +266,22 @@ def test_fragile_needs_positive_evidence() -> None:
     assert n > 300, f"the as-published criterion held in only {n} of {DRAWS} draws"
     assert old_fragile / n > 0.25, f"the old rule's P(fragile | held) = {old_fragile / n:.3f}"
     assert new_fragile / n <= ALPHA + two_se(n), f"P(fragile | held) = {new_fragile / n:.3f}"
+
+
+@pytest.mark.tiny
+def test_the_published_test_rejects_at_alpha_on_tiny_model_data_with_exchangeable_labels(tmp_path) -> None:
+    """Real R_V values (tiny-mistral-instruct, the extended categories) with labels shuffled: 8 + 8 per draw."""
+    from harness.claimkit.prompts import bank_for
+    from harness.claimkit.rv import Context
+    from harness.engine.models import load
+    from harness.engine.specs import get_spec
+
+    lm = load(get_spec("tiny-mistral-instruct"), cache_dir=tmp_path)
+    bank = bank_for(RV)
+    ctx = Context(RV, lm, bank, batch_size=64)
+    values = np.asarray(ctx.run([*bank.category("recursive_extended"), *bank.category("baseline_extended")],
+                                ctx.window()).r_v)
+    n, g = len(RV.published["recursive_per_prompt"]), rng("tiny")
+    draws = np.argsort(g.random((2 * DRAWS, values.size)), axis=1)[:, : 2 * n]  # (draws, 2n) distinct indices
+    rate = float(np.mean(published(values[draws[:, :n]], values[draws[:, n:]]) < ALPHA))
+    assert abs(rate - ALPHA) <= two_se(2 * DRAWS), f"rejection rate {rate:.4f} on shuffled tiny-model R_V"
