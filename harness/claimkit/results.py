@@ -37,16 +37,7 @@ def protocol_result(claim: Claim, protocol: str, kind: str, criterion: Criterion
                          f"'{kind}:<name>' or set the table's kind")
     passed, detail = evaluate(criterion, observed)
     outcome = control_decision(effect, artefact_rejects, n_needed) if effect is not None else None
-    if passed is None and not notes:
-        missing = sorted(m for m, d in detail.items() if d["passed"] is None)
-        notes = (f"inconclusive: {', '.join(missing)} not observed or not finite; "
-                 f"exclusions: {dict(exclusions or {}) or 'none'}",)
-    ran = str(lm.model.dtype).removeprefix("torch.") if lm is not None else None
-    if ran is not None and claim.protocol.get("dtype") not in (None, ran):
-        notes = (*notes, f"the protocol's dtype is {claim.protocol['dtype']}; this model ran in {ran}"
-                 + (" (a tiny stand-in, float32 on the CPU)" if lm is not None and lm.spec.tiny else ""))
-    if kind == "control" and effect is None:  # no effect with a CI: no decision, the verdict cannot rest on it
-        notes = (*notes, "this control states no effect with a CI: its criterion is reported, it decides nothing")
+    notes = _notes(claim, lm, kind, effect is not None, passed, detail, exclusions, notes)
     return {
         "claim": claim.id, "claim_version": claim.version, "protocol": protocol, "kind": kind,
         "model": lm.id if lm is not None else "published-data",
@@ -61,6 +52,23 @@ def protocol_result(claim: Claim, protocol: str, kind: str, criterion: Criterion
         **(_decided(outcome, passed) if kind == "control" and outcome is not None else {}),
         **({"effect": outcome.effect, "decision_reason": outcome.reason} if outcome is not None else {}),
     }
+
+
+def _notes(claim: Claim, lm: LoadedModel | None, kind: str, has_effect: bool, passed: bool | None,
+           detail: Mapping[str, Any], exclusions: Mapping[str, int] | None, notes: tuple[str, ...]) -> tuple[str, ...]:
+    """Why a result is inconclusive, which dtype ran where the protocol names another, and a control without
+    an effect."""
+    if passed is None and not notes:
+        missing = sorted(m for m, d in detail.items() if d["passed"] is None)
+        notes = (f"inconclusive: {', '.join(missing)} not observed or not finite; "
+                 f"exclusions: {dict(exclusions or {}) or 'none'}",)
+    ran = str(lm.model.dtype).removeprefix("torch.") if lm is not None else None
+    if lm is not None and claim.protocol.get("dtype") not in (None, ran):
+        notes = (*notes, f"the protocol's dtype is {claim.protocol['dtype']}; this model ran in {ran}"
+                 + (" (a tiny stand-in, float32 on the CPU)" if lm.spec.tiny else ""))
+    if kind == "control" and not has_effect:  # no effect with a CI: no decision, the verdict cannot rest on it
+        notes = (*notes, "this control states no effect with a CI: its criterion is reported, it decides nothing")
+    return notes
 
 
 def _decided(outcome: ControlOutcome, criterion_passed: bool | None) -> dict[str, Any]:
