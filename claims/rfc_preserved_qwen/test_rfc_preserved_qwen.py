@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import pytest
 
-from harness.claimkit.results import check
+from harness.claimkit.declare import NULL_WEIGHTS_PROTOCOL
+from harness.claimkit.results import check, null_weights_result
 from harness.claimkit.role_controls import PROTOCOLS, SCHEMA
 from harness.claimkit.role_rederive import rederive
 
@@ -24,6 +25,13 @@ def test_rfc_preserved_qwen(protocol, role, record_claim):
     record_claim(result)
     if result.get("dropped"):
         pytest.skip(f"{protocol} dropped on {result['model']}: {result['dropped']}")
+    check(result)
+
+
+@pytest.mark.parametrize("protocol", [NULL_WEIGHTS_PROTOCOL])
+def test_null(protocol, lm, null_lm, null_role, record_claim):
+    result = null_weights_result(PROTOCOLS["as_published"](null_role), lm, null_lm)
+    record_claim(result)
     check(result)
 
 

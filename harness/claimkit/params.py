@@ -28,6 +28,7 @@ CONTROL_KEYS: dict[str, Any] = {
     "kind": typing.Literal["control", "robustness", "null", "measure"] | None,
     "effect": str | None,            # the observed key that holds the effect estimate
     "min_fraction": float | None,    # fails below this fraction of the published effect
+    "published_effect": float | None,  # the effect the claim implies, where no figure was published in its units
 }
 
 

@@ -138,24 +138,52 @@ def n_for_power(d: float, alpha: float = 0.05, power: float = 0.8, alternative: 
 
 @dataclass(frozen=True)
 class Declared:
-    """What a claim declares for one model: its protocols by kind (from claim.toml), and which controls the
-    user skipped on purpose (`--skip-control`), which the report lists."""
+    """What a claim declares for one model: its protocols by kind (from claim.toml; names without the kind
+    prefix), which controls or nulls the user skipped on purpose (`--skip-control`), and whether the
+    null-weights check (`null:random_weights`, one of `nulls` when on) was asked for; the report lists all."""
 
     as_published: tuple[str, ...] = ()
     controls: tuple[str, ...] = ()
     robustness: tuple[str, ...] = ()
     nulls: tuple[str, ...] = ()
     skipped_on_purpose: tuple[str, ...] = ()
+    null_weights: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> Declared:
+        """From a report's `declared` entry (unknown keys are an error: a report of another harness version)."""
+        unknown = set(raw) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"declared protocols hold unknown key(s) {sorted(unknown)}; allowed: "
+                             f"{sorted(cls.__dataclass_fields__)}")
+        lists = {k: tuple(str(x) for x in v) for k, v in raw.items() if k != "null_weights"}
+        return cls(**lists, null_weights=bool(raw.get("null_weights", False)))
+
+    @classmethod
+    def union(cls, many: Iterable[Declared]) -> Declared:
+        """Every declaration of one (claim, model), e.g. from the results of several workers or hosts."""
+        items = list(many)
+
+        def joined(name: str) -> tuple[str, ...]:
+            return tuple(dict.fromkeys(x for d in items for x in getattr(d, name)))
+
+        return cls(joined("as_published"), joined("controls"), joined("robustness"), joined("nulls"),
+                   joined("skipped_on_purpose"), any(d.null_weights for d in items))
 
 
 @dataclass
 class Verdict:
     verdict: str
     reasons: list[str]
-    controls: dict[str, str | None]  # control -> decision (None: inconclusive)
-    not_run: list[str]
+    controls: dict[str, str | None]  # control protocol -> decision (None: inconclusive)
+    not_run: list[str]  # declared controls and nulls (names without the kind) that produced no result
     skipped_on_purpose: list[str]
-    n_needed: dict[str, int | None]
+    n_needed: dict[str, int | None]  # underpowered control -> per-group n for a test at the published effect
+    robustness: dict[str, bool | None] = field(default_factory=dict)  # reported beside, never counted
+    nulls: dict[str, bool | None] = field(default_factory=dict)  # null protocol -> the criterion held there
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -164,16 +192,19 @@ class Verdict:
 def verdict(results: Iterable[Mapping[str, Any]], declared: Declared) -> Verdict:
     """One verdict for one (claim, model) from its protocol results.
 
-    Each result has `protocol`, `kind`, `passed` (the criterion: True, False or None) and, for controls,
-    `decision` (pass | fail | underpowered | None). Rules, first match wins:
+    Each result has `protocol` ("<kind>:<name>" for controls, robustness checks and nulls), `kind`, `passed`
+    (the criterion: True, False or None) and, for controls, `decision` (pass | fail | underpowered | None).
+    Rules, first match wins:
     1. no results of a model kind: only `rederive` -> rederived (all pass) or not_reproduced; only `measure`
        -> measured (inconclusive when one is None);
     2. an as-published criterion that is None -> inconclusive; False -> not_reproduced;
     3. a null on which the as-published criterion also holds -> non_diagnostic;
-    4. a declared control not run (and not skipped on purpose) -> inconclusive ("controls not run: ...");
-    5. a control that fails -> fragile; one underpowered -> underpowered; one None -> inconclusive;
-    6. no control ran at all -> inconclusive (reproduced needs at least one diagnostic control);
-    7. otherwise -> reproduced.
+    4. a control that fails (positive evidence of its artefact) -> fragile;
+    5. a declared control or null not run (and not skipped on purpose) -> inconclusive ("controls not run: ...",
+       "nulls not run: ..."); a null whose criterion could not be evaluated -> inconclusive;
+    6. a control underpowered -> underpowered (with n_needed); one without a decision -> inconclusive;
+    7. no control ran at all -> inconclusive (reproduced needs at least one diagnostic control);
+    8. otherwise -> reproduced.
     Robustness results never change the verdict.
     """
     items = list(results)
@@ -181,12 +212,15 @@ def verdict(results: Iterable[Mapping[str, Any]], declared: Declared) -> Verdict
     controls = {str(r["protocol"]): r.get("decision") for r in by_kind["control"]}
     n_needed = {str(r["protocol"]): r.get("n_needed") for r in by_kind["control"]
                 if r.get("decision") == "underpowered"}
-    ran = {str(r["protocol"]).removeprefix("control:") for r in by_kind["control"]}
-    not_run = [c for c in declared.controls if c not in ran and c not in declared.skipped_on_purpose]
-    out = Verdict("inconclusive", [], controls, not_run, list(declared.skipped_on_purpose), n_needed)
+    ran = {str(r["protocol"]).partition(":")[2] for r in items if r.get("kind") in ("control", "null")}
+    not_run = [c for c in (*declared.controls, *declared.nulls)
+               if c not in ran and c not in declared.skipped_on_purpose]
+    out = Verdict("inconclusive", [], controls, not_run, list(declared.skipped_on_purpose), n_needed,
+                  {str(r["protocol"]): r.get("passed") for r in by_kind["robustness"]},
+                  {str(r["protocol"]): r.get("passed") for r in by_kind["null"]})
     if not by_kind["as_published"]:
         return _tabular(out, by_kind)
-    return _modelled(out, by_kind)
+    return _modelled(out, by_kind, declared)
 
 
 def _tabular(out: Verdict, by_kind: Mapping[str, list[Mapping[str, Any]]]) -> Verdict:
@@ -210,7 +244,7 @@ def _tabular(out: Verdict, by_kind: Mapping[str, list[Mapping[str, Any]]]) -> Ve
     return out
 
 
-def _modelled(out: Verdict, by_kind: Mapping[str, list[Mapping[str, Any]]]) -> Verdict:
+def _modelled(out: Verdict, by_kind: Mapping[str, list[Mapping[str, Any]]], declared: Declared) -> Verdict:
     held = [r.get("passed") for r in by_kind["as_published"]]
     if None in held:
         out.reasons.append("as published: criterion not evaluable (too little valid data)")
@@ -218,22 +252,32 @@ def _modelled(out: Verdict, by_kind: Mapping[str, list[Mapping[str, Any]]]) -> V
     if not all(held):
         out.verdict = "not_reproduced"
         return out
-    nulls = [str(r["protocol"]) for r in by_kind["null"] if r.get("passed") is True]
+    nulls = [name for name, held in out.nulls.items() if held is True]
     if nulls:
         out.verdict = "non_diagnostic"
         out.reasons.append("the as-published criterion also holds under its null: " + ", ".join(nulls))
         return out
-    if out.not_run:
-        out.reasons.append("controls not run: " + ", ".join(out.not_run))
+    failed = [name for name, d in out.controls.items() if d == "fail"]
+    if failed:  # positive evidence of an artefact: whatever else ran or did not
+        out.verdict = "fragile"
+        out.reasons.append("fragile: " + ", ".join(failed))
         return out
-    decisions = list(out.controls.values())
-    for decision, label in (("fail", "fragile"), ("underpowered", "underpowered"), (None, "inconclusive")):
+    if out.not_run or None in out.nulls.values():
+        for label, names in (("controls", declared.controls), ("nulls", declared.nulls)):
+            missing = [c for c in out.not_run if c in names]
+            if missing:
+                out.reasons.append(f"{label} not run: " + ", ".join(missing))
+        unknown = [name for name, held in out.nulls.items() if held is None]
+        if unknown:
+            out.reasons.append("null not evaluable: " + ", ".join(unknown))
+        return out
+    for decision, label in (("underpowered", "underpowered"), (None, "inconclusive")):
         hit = [name for name, d in out.controls.items() if d == decision]
         if hit:
             out.verdict = label
             out.reasons.append(f"{label}: " + ", ".join(hit))
             return out
-    if not decisions:
+    if not out.controls:
         out.reasons.append("no control ran: reproduced needs at least one diagnostic control")
         return out
     out.verdict = "reproduced"

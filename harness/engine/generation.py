@@ -34,6 +34,7 @@ from typing import Any
 import torch
 
 from harness.engine import decode
+from harness.engine.formatting import RAW, PromptFormat
 from harness.engine.hooks import CallLog
 from harness.engine.models import LoadedModel
 
@@ -51,6 +52,7 @@ class PromptBatch:
     attention_mask: torch.Tensor  # (batch, width), 0 on the padding
     lengths: tuple[int, ...]  # true token count of each prompt, BOS included where the model has one
     start: int = 0  # index of this batch's first prompt in the full list
+    fmt: PromptFormat = RAW  # how the prompts were turned into text (raw, or a chat template)
 
     @property
     def rows(self) -> slice:
@@ -87,11 +89,13 @@ class Generation:
     generated_ids: tuple[int, ...]  # the generated tokens, up to and including the first end-of-sequence one
     completion: str  # the generated tokens alone, decoded
     full_text: str  # prompt + generated tokens, decoded together: what the source's detectors read
+    cut: int | None = None  # where the completion starts in full_text when the prompt was templated
 
     @property
     def source_completion(self) -> str:
-        """The completion as the source cut it: the decoded full text after len(prompt) characters."""
-        return self.full_text[len(self.prompt) :]
+        """The completion as the source cut it: the decoded full text after len(prompt) characters (after the
+        decoded templated prompt, where a chat template wrapped it)."""
+        return self.full_text[len(self.prompt) if self.cut is None else self.cut :]
 
 
 @dataclass(frozen=True)
@@ -109,18 +113,17 @@ class GenerationRun:
         return [g.completion for g in self.generations]
 
 
-def encode_left(lm: LoadedModel, prompts: Sequence[str], start: int = 0) -> PromptBatch:
-    """Tokenise raw text as the sources did (no chat template, BOS per the model spec), padded on the left.
-
-    The padding side is set for this call only; the shared tokenizer keeps its right-padding default.
+def encode_left(lm: LoadedModel, prompts: Sequence[str], start: int = 0, fmt: PromptFormat = RAW) -> PromptBatch:
+    """Tokenise prompts in `fmt` (default: raw text as the sources did, BOS per the model spec), padded on the
+    left. The padding side is set for this call only; the shared tokenizer keeps its right-padding default.
     """
     if not prompts:
         raise ValueError(f"no prompts to generate from for {lm.id}; give at least one")
-    enc = lm.tokenizer(list(prompts), add_special_tokens=lm.spec.bos, padding=True, padding_side="left",
-                       return_tensors="pt")
+    texts, special = fmt.texts(lm.tokenizer, prompts, lm.spec.bos)
+    enc = lm.tokenizer(texts, add_special_tokens=special, padding=True, padding_side="left", return_tensors="pt")
     mask = enc["attention_mask"]
     return PromptBatch(tuple(prompts), enc["input_ids"].to(lm.device), mask.to(lm.device),
-                       tuple(int(n) for n in mask.sum(1)), start)
+                       tuple(int(n) for n in mask.sum(1)), start, fmt)
 
 
 def eos_ids(lm: LoadedModel) -> frozenset[int]:
@@ -157,7 +160,8 @@ def _decode(lm: LoadedModel, batch: PromptBatch, out: torch.Tensor) -> list[Gene
         generated = _truncate(row[batch.width :], stop)
         completion = decode(generated, skip_special_tokens=True)
         full_text = decode(prompt_ids + generated, skip_special_tokens=True)
-        generations.append(Generation(prompt, prompt_ids, generated, completion, full_text))
+        cut = len(decode(prompt_ids, skip_special_tokens=True)) if batch.fmt.chat_template else None
+        generations.append(Generation(prompt, prompt_ids, generated, completion, full_text, cut))
     return generations
 
 
@@ -210,7 +214,7 @@ def _run_batch(lm: LoadedModel, batch: PromptBatch, max_new_tokens: int, use_cac
 
 def generate(lm: LoadedModel, prompts: Sequence[str], max_new_tokens: int, *,
              intervention: Intervention | None = None, use_cache: bool = True,
-             batch_size: int = 32, path: str | None = None) -> GenerationRun:
+             batch_size: int = 32, path: str | None = None, fmt: PromptFormat = RAW) -> GenerationRun:
     """Greedy continuations of `prompts` (do_sample=False, KV cache on unless `use_cache=False`), batched.
 
     `intervention(batch)` is entered around each batch's generation and always left, also on error. `path`:
@@ -225,7 +229,7 @@ def generate(lm: LoadedModel, prompts: Sequence[str], max_new_tokens: int, *,
     calls: list[Any] = []
     paths: list[dict[str, Any]] = []
     for start in range(0, len(prompts), batch_size):
-        batch = encode_left(lm, prompts[start : start + batch_size], start)
+        batch = encode_left(lm, prompts[start : start + batch_size], start, fmt)
         planned, why = _plan(lm, batch, max_new_tokens, use_cache, asked)
         if planned != "eager":
             batch = batch.padded(decode.batch_bucket(batch.n_rows))
@@ -272,7 +276,7 @@ def _edits(conditions: Sequence[Condition], owner: torch.Tensor, local: torch.Te
 
 def generate_conditions(lm: LoadedModel, conditions: Sequence[Condition], max_new_tokens: int, *,
                         use_cache: bool = True, batch_size: int = 32,
-                        path: str | None = None) -> dict[str, GenerationRun]:
+                        path: str | None = None, fmt: PromptFormat = RAW) -> dict[str, GenerationRun]:
     """Greedy generations of every condition as rows of one batched run; each condition's run by name."""
     names = [c.name for c in conditions]
     if len(set(names)) != len(names):
@@ -280,7 +284,8 @@ def generate_conditions(lm: LoadedModel, conditions: Sequence[Condition], max_ne
     owner = torch.tensor([i for i, c in enumerate(conditions) for _ in c.prompts], dtype=torch.long)
     local = torch.tensor([j for c in conditions for j in range(len(c.prompts))], dtype=torch.long)
     run = generate(lm, [p for c in conditions for p in c.prompts], max_new_tokens, use_cache=use_cache,
-                   intervention=partial(_edits, conditions, owner, local), batch_size=batch_size, path=path)
+                   intervention=partial(_edits, conditions, owner, local), batch_size=batch_size, path=path,
+                   fmt=fmt)
     owners = owner.tolist()
     batches = [set(owners[start : start + batch_size]) for start in range(0, len(owners), batch_size)]
     return {c.name: GenerationRun([g for g, o in zip(run.generations, owners, strict=True) if o == i],

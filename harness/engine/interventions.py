@@ -23,6 +23,7 @@ from functools import partial
 import torch
 from torch import nn
 
+from harness.engine.formatting import RAW, PromptFormat
 from harness.engine.hooks import MODES, Call, CallLog, GraphSafe, capture, edit_site
 from harness.engine.models import Dims, LoadedModel
 from harness.engine.runner import encode
@@ -240,13 +241,13 @@ def _last_rows(hidden: torch.Tensor, lengths: torch.Tensor, window: int) -> torc
 
 
 def capture_sources(lm: LoadedModel, prompts: Sequence[str], layers: Sequence[int], window: int,
-                    batch_size: int = 32) -> SourceRun:
+                    batch_size: int = 32, fmt: PromptFormat = RAW) -> SourceRun:
     """Run the source prompts unpatched (right padded, batched): each layer's last rows, and the argmax."""
     kept: dict[int, list[torch.Tensor]] = {layer: [] for layer in layers}
     tokens: list[torch.Tensor] = []
     lengths: list[int] = []
     for start in range(0, len(prompts), batch_size):
-        enc = encode(lm, prompts[start : start + batch_size])
+        enc = encode(lm, prompts[start : start + batch_size], fmt)
         last = torch.tensor(enc.lengths, device=lm.device)
         sites = [f"blocks.{layer}.resid_post" for layer in layers]
         reduce = partial(_last_rows, lengths=last, window=window)

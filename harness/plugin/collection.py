@@ -81,13 +81,67 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     metafunc.parametrize("model_id", params, scope="session", indirect=True)
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        marker = item.get_closest_marker("claim")
-        if marker is None:
-            continue
-        params: dict[str, Any] = getattr(getattr(item, "callspec", None), "params", {})
-        protocol = params.get("protocol") or item.originalname.removeprefix("test_")  # type: ignore[attr-defined]
-        raw = params.get("model_id", "published-data")
-        model = raw if isinstance(raw, str) else "no-model-selected"  # pytest's NOTSET for an empty selection
-        item.user_properties.append((ITEM_KEY, {"claim": marker.args[0], "protocol": str(protocol), "model": model}))
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Name each claim item's (claim, protocol, model, kind) and what its claim declares; deselect the
+    protocols skipped on purpose (--skip-control) and the null-weights check when opted out."""
+    claim_items = [item for item in items if item.get_closest_marker("claim") is not None]
+    if not claim_items:
+        return
+    opts = state(config).options()
+    _check_skips(config, opts)
+    dropped: list[pytest.Item] = []
+    for item in claim_items:
+        ident = identify(config, item, opts)
+        item.user_properties.append((ITEM_KEY, ident))
+        if _skipped(ident, opts):
+            dropped.append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        gone = set(dropped)
+        items[:] = [item for item in items if item not in gone]
+
+
+def identify(config: pytest.Config, item: pytest.Item, opts: Options) -> dict[str, Any]:
+    from harness.claimkit.declare import declared, protocol_kind
+
+    marker = item.get_closest_marker("claim")
+    assert marker is not None
+    params: dict[str, Any] = getattr(getattr(item, "callspec", None), "params", {})
+    protocol = str(params.get("protocol") or item.originalname.removeprefix("test_"))  # type: ignore[attr-defined]
+    raw = params.get("model_id", "published-data")
+    model = raw if isinstance(raw, str) else "no-model-selected"  # pytest's NOTSET for an empty selection
+    claim = state(config).claims.get(marker.args[0])
+    ident: dict[str, Any] = {"claim": marker.args[0], "protocol": protocol, "model": model,
+                             "kind": protocol_kind(claim, protocol)}
+    if claim is not None:
+        ident["declared"] = declared(claim, model_based="model_id" in params,
+                                     skipped=opts.skip_controls.get(claim.id, ()),
+                                     null_weights=opts.null_weights).as_dict()
+    return ident
+
+
+def _skipped(ident: dict[str, Any], opts: Options) -> bool:
+    from harness.claimkit.declare import NULL_WEIGHTS_PROTOCOL
+
+    if ident["protocol"] == NULL_WEIGHTS_PROTOCOL and not opts.null_weights:
+        return True
+    _, sep, name = ident["protocol"].partition(":")
+    return bool(sep) and name in opts.skip_controls.get(ident["claim"], ())
+
+
+def _check_skips(config: pytest.Config, opts: Options) -> None:
+    """Every --skip-control names a known claim and one of its controls (else a usage error with a hint)."""
+    from harness.claimkit.declare import check_skipped
+    from harness.claimkit.registry import ClaimError, get_claim, load_claims
+
+    known = state(config).claims
+    for claim_id, names in opts.skip_controls.items():
+        try:
+            if claim_id in known:
+                claim = known[claim_id]
+            else:
+                given = config.getoption("--claims-dir")
+                claim = get_claim(claim_id, {**load_claims(), **(load_claims(Path(given)) if given else {})})
+            check_skipped(claim, names)
+        except ClaimError as err:
+            raise pytest.UsageError(f"--skip-control: {err}") from err

@@ -34,8 +34,10 @@ class ReportCollector:
 
             path = Path(self.config.getoption("--claims-json"))
             path = path if path.is_absolute() else Path(self.config.rootpath) / path
+            checks = {"null_weights": not self.config.getoption("--no-null-weights"),
+                      "skip_control": list(self.config.getoption("--skip-control"))}
             self.report = Report(path, self.config.getoption("--claim-seed"), sys.argv[1:], self.config.rootpath,
-                                 started=self._started)
+                                 started=self._started, checks=checks)
         return self.report
 
     def _progress(self, result: dict[str, Any]) -> None:
@@ -65,12 +67,14 @@ class ReportCollector:
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         results: list[dict[str, Any]] = [v for k, v in report.user_properties if k == RESULT_KEY]  # type: ignore[misc]
-        ident: dict[str, str] | None = next(  # type: ignore[assignment]
+        ident: dict[str, Any] | None = next(  # type: ignore[assignment]
             (v for k, v in report.user_properties if k == ITEM_KEY), None)
         report.user_properties = [(k, v) for k, v in report.user_properties if k not in (RESULT_KEY, ITEM_KEY)]
         if report.when == "call":
-            for res in results:
-                self.add({**res, "outcome": report.outcome, "duration_s": report.duration, "nodeid": report.nodeid})
+            for res in results:  # the session's declaration (its skips, its null-weights choice) wins
+                declared = (ident or {}).get("declared", res.get("declared"))
+                self.add({**res, "declared": declared, "outcome": report.outcome, "duration_s": report.duration,
+                          "nodeid": report.nodeid})
             if not results and ident is not None and report.outcome != "passed":
                 self.add(placeholder(ident, report, "error" if report.failed else "skipped"))
         elif report.when == "setup" and ident is not None and not report.passed:
@@ -102,8 +106,9 @@ class ReportCollector:
             terminalreporter.write_line(f"claims page: {self.page}")
 
 
-def placeholder(ident: dict[str, str], report: pytest.TestReport, outcome: str) -> dict[str, Any]:
+def placeholder(ident: dict[str, Any], report: pytest.TestReport, outcome: str) -> dict[str, Any]:
+    """A protocol that was skipped or errored before it recorded a result; its kind and its claim's
+    declaration come from collection (the controller has no claim files under pytest-xdist)."""
     reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longreprtext)[-2000:]
-    kind = "control" if ident["protocol"].startswith("control") else "as_published"
-    return {**ident, "kind": kind, "passed": None, "outcome": outcome, "reason": reason, "nodeid": report.nodeid,
+    return {**ident, "passed": None, "outcome": outcome, "reason": reason, "nodeid": report.nodeid,
             "duration_s": report.duration, "weights": None}

@@ -17,39 +17,58 @@ if TYPE_CHECKING:
     from harness.claimkit.prompts import PromptBank
     from harness.claimkit.registry import Claim
     from harness.engine.models import LoadedModel
+    from harness.engine.specs import ModelSpec
     from harness.plugin.options import Options
 
 RESULT_KEY = "claim_harness.result"  # the user_property that carries one protocol result
 
 
 class ModelCache:
-    """Loaded models, at most `size` at a time (a base and its instruct twin), freed in order of use."""
+    """Loaded models keyed by (model id, dtype), at most `size` at a time (a base and its instruct model), and
+    as many null-weights twins beside them, each freed in order of use."""
 
     def __init__(self, opts: Options, size: int = 2) -> None:
         self.opts, self.size = opts, size
-        self._loaded: OrderedDict[str, Any] = OrderedDict()
+        self._loaded: OrderedDict[tuple[str, str | None], Any] = OrderedDict()
+        self._twins: OrderedDict[tuple[str, str | None], Any] = OrderedDict()
 
-    def get(self, model_id: str) -> LoadedModel:
+    def get(self, model_id: str, dtype: str | None = None) -> LoadedModel:
+        """The model, in `dtype` (a claim protocol's) or the registry's; skips the test when it is unavailable."""
         from harness.engine.models import ModelUnavailable, load
 
-        if model_id in self._loaded:
-            self._loaded.move_to_end(model_id)
-            return self._loaded[model_id]
-        while len(self._loaded) >= self.size:
-            self._loaded.popitem(last=False)
-            free_device_memory()
         opts = self.opts
-        try:
-            lm = load(opts.registry[model_id], weights=opts.weights, device=opts.device,
-                      model_path=opts.model_paths.get(model_id), cache_dir=opts.cache_dir, seed=opts.seed,
-                      allow_download=opts.allow_download, shard_devices=opts.shard_devices)
-        except ModelUnavailable as err:
-            pytest.skip(str(err))
-        self._loaded[model_id] = lm
+
+        def build() -> LoadedModel:
+            try:
+                return load(opts.registry[model_id], weights=opts.weights, device=opts.device,
+                            model_path=opts.model_paths.get(model_id), cache_dir=opts.cache_dir, seed=opts.seed,
+                            allow_download=opts.allow_download, shard_devices=opts.shard_devices, dtype=dtype)
+            except ModelUnavailable as err:
+                pytest.skip(str(err))
+
+        return self._cached(self._loaded, (model_id, dtype), build)
+
+    def null_twin(self, lm: LoadedModel, dtype: str | None = None) -> LoadedModel:
+        """The seeded random-weight twin of `lm` (same architecture, dtype and devices): the null-weights check."""
+        from harness.engine.models import random_twin
+
+        return self._cached(self._twins, (lm.id, dtype), lambda: random_twin(lm, self.opts.seed))
+
+    def _cached(self, store: OrderedDict[tuple[str, str | None], Any], key: tuple[str, str | None],
+                build: Callable[[], LoadedModel]) -> LoadedModel:
+        if key in store:
+            store.move_to_end(key)
+            return store[key]
+        while len(store) >= self.size:
+            store.popitem(last=False)
+            free_device_memory()
+        lm = build()
+        store[key] = lm
         return lm
 
     def clear(self) -> None:
         self._loaded.clear()
+        self._twins.clear()
         free_device_memory()
 
 
@@ -80,10 +99,23 @@ def model_id(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
-@pytest.fixture(scope="session")
-def lm(model_id: str, model_cache: ModelCache) -> LoadedModel:
-    """The model under test, loaded once per session and model."""
-    return model_cache.get(model_id)
+@pytest.fixture
+def lm(model_id: str, model_cache: ModelCache, claim: Claim, harness_options: Options) -> LoadedModel:
+    """The model under test in its claim's protocol dtype, loaded once per session, model and dtype."""
+    return model_cache.get(model_id, protocol_dtype(claim, harness_options.registry[model_id]))
+
+
+@pytest.fixture
+def null_lm(lm: LoadedModel, model_cache: ModelCache, claim: Claim) -> LoadedModel:
+    """The null-weights check's model: a seeded random-weight twin of `lm` (see harness.engine.models)."""
+    return model_cache.null_twin(lm, protocol_dtype(claim, lm.spec))
+
+
+def protocol_dtype(claim: Claim, spec: ModelSpec) -> str | None:
+    """The dtype a claim's protocol names (the source's), or None for the registry's. Tiny stand-ins keep the
+    registry's float32: they check that a protocol runs, and float16 matmuls are emulated on the CPU."""
+    value = claim.protocol.get("dtype")
+    return str(value) if value is not None and not spec.tiny else None
 
 
 @pytest.fixture

@@ -35,12 +35,13 @@ from harness.report.htmlparts import (
     timestamp,
 )
 from harness.report.htmlparts import esc as e
+from harness.report.htmlverdicts import controls_passed, grid_notes, legend, protocol_sections, verdict_detail
 from harness.report.tools import ReportError, load_report
 
 if TYPE_CHECKING:
     from harness.report.figures import Figure
 
-MAIN_KINDS = ("as_published", "rederive")
+MAIN_KINDS = ("as_published", "rederive", "measure")
 ABSENT = "<td class=\"absent\">not run</td>"
 
 
@@ -85,27 +86,23 @@ def summary_grid(verdicts: list[dict[str, Any]], claims: list[str]) -> str:
     for claim in claims:
         cells = [grid_cell(by_key[(claim, m)]) if (claim, m) in by_key else ABSENT for m in models]
         rows.append(f"<tr><th><a href=\"#{slug(claim)}\">{e(claim)}</a></th>{''.join(cells)}</tr>")
-    legend = " ".join(f"<span class=\"verdict v-{v}\">{v}</span>" for v in
-                      ("reproduced", "fragile", "not_reproduced", "inconclusive", "skipped", "error"))
     return ("<section id=\"summary\"><h2>Verdicts</h2>\n<table class=\"grid\">" + head + "".join(rows)
-            + f"</table>\n<p class=\"legend\">{legend} &nbsp; {mark('ND')} the published criterion is "
-            "non-diagnostic &nbsp; <span class=\"weak-key\">striped</span>: weights that are not the "
-            "published model's (tiny or random): a verdict on them is no evidence about the claim</p>"
+            + f"</table>\n<p class=\"legend\">{legend()} &nbsp; {mark('ND')} the published criterion also holds "
+            "under its null (non-diagnostic) &nbsp; <span class=\"weak-key\">striped</span>: weights that are not "
+            "the published model's (tiny or random): a verdict on them is no evidence about the claim</p>"
             "</section>")
 
 
 def grid_cell(v: Mapping[str, Any]) -> str:
     weak = not v.get("diagnostic_weights", False)
-    notes = [mark("ND")] if v.get("non_diagnostic") else []
+    notes = grid_notes(v)
     if weak:
         weights = "/".join(v.get("weights", []))
         notes.append(f"<span class=\"note\">not evidence (weights: {e(weights)})</span>")
-    controls = v.get("controls") or {}
-    passed = sum(1 for x in controls.values() if x)
     return (f"<td class=\"v-{e(v['verdict'])}{' weak' if weak else ''}\" data-claim=\"{e(v['claim'])}\" "
             f"data-model=\"{e(v['model'])}\" data-verdict=\"{e(v['verdict'])}\">"
             f"<a href=\"#{slug(v['claim'], v['model'])}\">{e(v['verdict'])}</a>"
-            f"<br><span class=\"note\">controls {passed}/{len(controls)}</span> {' '.join(notes)}</td>")
+            f"<br><span class=\"note\">{controls_passed(v)}</span> {' '.join(notes)}</td>")
 
 
 def claim_section(claim: str, results: list[dict[str, Any]], verdicts: list[dict[str, Any]],
@@ -128,14 +125,13 @@ def model_block(verdict: Mapping[str, Any], results: list[dict[str, Any]], info:
         f"<p class=\"note\">weights {e('/'.join(verdict.get('weights', [])))}: these results check that the "
         "protocol runs end to end; they are not evidence about the published model.</p>")
     parts = [f"<article id=\"{slug(verdict['claim'], model)}\"><h3>{e(model)} "
-             f"<span class=\"verdict v-{e(verdict['verdict'])}\">{e(verdict['verdict'])}</span></h3>", weak]
+             f"<span class=\"verdict v-{e(verdict['verdict'])}\">{e(verdict['verdict'])}</span></h3>", weak,
+             verdict_detail(verdict)]
     measured = [r for r in results if "reason" not in r]
     mains = [published_vs_observed(r) for r in measured if r["kind"] in MAIN_KINDS]
     if mains:
         parts.append("<div class=\"row\">" + "".join(f"<div>{m}</div>" for m in mains) + "</div>")
-    controls = [r for r in results if r["kind"] == "control"]
-    if controls:
-        parts += ["<h4>Controls</h4>", controls_table(controls)]
+    parts += protocol_sections(results)
     parts += [placeholder(r) for r in results if "reason" in r]
     parts.append(data_html(measured, seed))
     if isinstance(info, Mapping):
@@ -178,18 +174,6 @@ def notes_html(res: Mapping[str, Any]) -> str:
         extra.append(f"excluded: {fmt(res['exclusions'])}")
     items = [*extra, *map(str, res.get("notes") or [])]
     return "<ul class=\"notes\">" + "".join(f"<li>{e(n)}</li>" for n in items) + "</ul>" if items else ""
-
-
-def controls_table(controls: list[dict[str, Any]]) -> str:
-    rows = []
-    for res in controls:
-        observed, criterion = res.get("observed") or {}, res.get("criterion") or {}
-        figures_ = "; ".join(f"{k} = {fmt(observed.get(k))}" for k in criterion)
-        notes = "; ".join(map(str, res.get("notes") or [res.get("reason", "")]))
-        rows.append([e(res["protocol"]), e("; ".join(f"{k} {_rule(r)}" for k, r in criterion.items())),
-                     e(figures_), e(fmt(res.get("n"))), e(fmt(res.get("exclusions"))),
-                     passed_cell(res.get("passed"), True, outcome=res.get("outcome")), e(notes)])
-    return table(["control", "criterion", "observed", "n", "excluded", "result", "notes"], rows)
 
 
 def placeholder(res: Mapping[str, Any]) -> str:
