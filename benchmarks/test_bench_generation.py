@@ -2,7 +2,11 @@
 bare, under the published residual patch (`all_calls`: prefill and every decode step) and under the
 published zeroed attention output; every variant is forced to the same length (`min_new_tokens`), so the
 ratio is the hooks' cost alone. `harness_generate_patched` is the harness's own path
-(`harness.generation.generate`: tokenising, batching, decoding, stopping at end of sequence) with the patch.
+(`harness.generation.generate`: tokenising, batching, decoding, stopping at end of sequence) with the patch, on
+the eager path; `harness_graph_patched` and `harness_graph_ablated` are the same call on the graph path
+(`harness.engine.decode`: static KV cache, decode steps replayed from CUDA graphs; on the CPU it falls back to
+the eager path and says so in extra_info). The issue-13 target: the graph path at least 4x faster than bare
+`generate` (its ratio <= 0.25); `python -m benchmarks.decode_speed` adds the ratio to the memory floor.
 
 Layers, window and source come from the claims' registry entries (residual_patch_collapse,
 l31_ablation_repetition), mapped by relative depth to the benchmarked model.
@@ -28,7 +32,8 @@ from harness.engine.models import LoadedModel
 from harness.engine.sites import map_layer
 
 NEW_TOKENS = 32
-VARIANTS = ("bare_generate", "patched_all_calls", "ablated_attn_zero", "harness_generate_patched")
+VARIANTS = ("bare_generate", "patched_all_calls", "ablated_attn_zero", "harness_generate_patched",
+            "harness_graph_patched", "harness_graph_ablated")
 
 
 def _layer(claim_id: str, published: int, lm: LoadedModel) -> int:
@@ -71,12 +76,15 @@ def variant_fn(variant: str, lm: LoadedModel, prompts: list[str]) -> Callable[[]
         "bare_generate": within(nullcontext),
         "patched_all_calls": within(lambda: patched(batch)),
         "ablated_attn_zero": within(lambda: zero_attention_output(lm.model, ablated)),
-        "harness_generate_patched": lambda: _harness(lm, prompts, patched),
+        "harness_generate_patched": lambda: _harness(lm, prompts, patched, "eager"),
+        "harness_graph_patched": lambda: _harness(lm, prompts, patched, "auto"),
+        "harness_graph_ablated": lambda: _harness(lm, prompts, lambda _b: zero_attention_output(lm.model, ablated),
+                                                  "auto"),
     }[variant]
 
 
-def _harness(lm: LoadedModel, prompts: list[str], patched: Callable[[PromptBatch], Any]) -> None:
-    generate(lm, prompts, NEW_TOKENS, intervention=patched, batch_size=len(prompts))
+def _harness(lm: LoadedModel, prompts: list[str], intervention: Callable[[PromptBatch], Any], path: str) -> None:
+    generate(lm, prompts, NEW_TOKENS, intervention=intervention, batch_size=len(prompts), path=path)
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -84,6 +92,8 @@ def test_generation(benchmark: BenchmarkFixture, bench: Bench, variant: str) -> 
     lm = bench.lm
     prompts = prompts_near(lm)
     info = {**workload_info(lm, prompts), "new_tokens": NEW_TOKENS}
+    if variant.startswith("harness_graph"):
+        info["path"] = generate(lm, prompts[:1], 2, path="auto").paths[0]
     baseline = None if variant == "bare_generate" else variant_fn("bare_generate", lm, prompts)
     bench.time(benchmark, "generation", variant, variant_fn(variant, lm, prompts), baseline=baseline,
                heavy=True, info=info, weight_bytes=weight_bytes(lm.model))

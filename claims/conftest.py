@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
 from harness.claimkit.role import RoleContext
+from harness.engine.models import LoadedModel
+from harness.plugin.fixtures import ModelCache, protocol_dtype
 
 
 @pytest.fixture(scope="module")
@@ -13,8 +17,25 @@ def measured():
     return {}
 
 
+def _loader(model_cache: ModelCache, claim, harness_options, twins: bool = False) -> Callable[[str], LoadedModel]:
+    """The model cache's loader in the claim's protocol dtype (of the model's null-weights twin with `twins`)."""
+    def load(model_id: str) -> LoadedModel:
+        dtype = protocol_dtype(claim, harness_options.registry[model_id])
+        lm = model_cache.get(model_id, dtype)
+        return model_cache.null_twin(lm, dtype) if twins else lm
+    return load
+
+
 @pytest.fixture
 def role(lm, model_cache, claim, prompt_bank, harness_options, measured):
     """A role-conditioning context: the instruct model under test (`lm`) and its base from the model cache."""
-    return RoleContext.for_instruct(claim, lm, model_cache.get, prompt_bank, harness_options.seed,
-                                    harness_options.batch_size, measured)
+    return RoleContext.for_instruct(claim, lm, _loader(model_cache, claim, harness_options), prompt_bank,
+                                    harness_options.seed, harness_options.batch_size, measured)
+
+
+@pytest.fixture
+def null_role(null_lm, model_cache, claim, prompt_bank, harness_options):
+    """The null-weights check's role context: random-weight twins of the instruct model and of its base, with
+    a cache of its own (a twin shares its model's id)."""
+    return RoleContext.for_instruct(claim, null_lm, _loader(model_cache, claim, harness_options, twins=True),
+                                    prompt_bank, harness_options.seed, harness_options.batch_size, {})

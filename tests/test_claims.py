@@ -1,4 +1,4 @@
-"""Unit tests of harness/claims.py: the claim registry, its validation errors, criteria and verdicts.
+"""Unit tests of harness/claims.py: the claim registry, its validation errors and criteria.
 
 Validation tests write claim files into tmp_path from the sections below, changing one thing each.
 """
@@ -14,13 +14,11 @@ import pytest
 
 import harness.claimkit.registry as claims_module
 from harness.claimkit.registry import (
-    VERDICTS,
     ClaimError,
     evaluate,
     get_claim,
     load_claim,
     load_claims,
-    verdict,
 )
 from harness.resources import seed_claims_dir
 
@@ -84,7 +82,9 @@ def test_rv_contraction_entry_holds_the_protocol_and_controls() -> None:
         16,
     )
     assert claim.criteria["as_coded"] == {"separation": {"gt": 0.10}, "p_value": {"lt": 0.05}}
-    assert {"token_matched", "bos_excluded", "length_covariate", "permutation", "n30"} <= set(claim.controls)
+    assert {"token_matched", "bos_excluded", "length_strata", "chat_template", "permutation", "n30"} <= set(
+        claim.controls)
+    assert (claim.controls["permutation"]["kind"], claim.controls["n30"]["kind"]) == ("robustness", "robustness")
     assert claim.control("permutation")["criterion"] == {"p_value": {"lt": 0.05}}
 
 
@@ -295,31 +295,9 @@ def test_evaluate_is_inconclusive_when_a_metric_is_absent() -> None:
     assert evaluate(CRITERION, {"separation": 0.5})[0] is None
 
 
-def test_nan_outranks_a_failed_rule() -> None:
-    """A failed rule beside a NaN metric stays inconclusive: too little valid data to call it."""
+def test_a_nan_never_turns_a_failed_rule_into_inconclusive() -> None:
+    """Issue 10 §1: separation 0.0 fails `> 0` whatever p is; NaN only matters when every known rule holds."""
     passed, detail = evaluate(CRITERION, {"separation": 0.0, "p_value": math.nan})
-    assert passed is None and detail["separation"]["passed"] is False
-
-
-# --- verdicts ---------------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("as_published", "controls", "expected"),
-    [
-        (True, {"a": True, "b": True}, "reproduced"),
-        (True, {}, "reproduced"),
-        (True, {"a": True, "b": False}, "fragile"),
-        (True, {"a": False, "b": None}, "fragile"),
-        (True, {"a": True, "b": None}, "inconclusive"),
-        (False, {"a": True}, "not_reproduced"),
-        (False, {"a": False}, "not_reproduced"),
-        (None, {"a": True}, "inconclusive"),
-        (None, {"a": False}, "inconclusive"),
-    ],
-)
-def test_verdict_truth_table(
-    as_published: bool | None, controls: dict[str, bool | None], expected: str
-) -> None:
-    assert verdict(as_published, controls) == expected
-    assert expected in VERDICTS
+    assert passed is False and detail["separation"]["passed"] is False and detail["p_value"]["passed"] is None
+    passed, _ = evaluate({"p_value": {"lt": 0.05}, "separation": {"gt": 0.0}}, {"separation": 0.0, "p_value": None})
+    assert passed is False, "the order of the rules must not matter"

@@ -36,26 +36,28 @@ def _ctx(claim_id: str, lm: LoadedModel, bank: PromptBank | None = None) -> GenC
 
 @given(st.text(min_size=1).filter(lambda text: bool(text.split())))
 def test_the_claims_detector_accepts_any_text_with_a_word(text: str) -> None:
-    rule = get_claim(L31_ID).protocol["detector"]
-    assert published_repetition(text, rule).fired
+    p = get_claim(L31_ID).protocol
+    assert published_repetition(text, p["detector"], p["detector_ratio"], p["loop_phrases"][p["detector"]]).fired
 
 
-def test_report_flags_the_l31_criterion_non_diagnostic(tiny_lm: LoadedModel) -> None:
+def test_the_l31_criterion_holds_under_its_nulls_so_the_verdict_is_non_diagnostic(tiny_lm: LoadedModel) -> None:
+    """Issue 10 §1: the detector's nulls were controls that could never pass (`< 0.5` on an always-firing
+    detector). They are nulls now: the published criterion holds there, so the verdict is non_diagnostic."""
     ctx = _ctx(L31_ID, tiny_lm)
-    names = ("as_published", "control:detector_on_unablated", "control:other_layers")
+    names = ("as_published", "null:detector_on_unablated", "null:other_layers")
     results = {name: L31[name](ctx) for name in names}
     for res in results.values():
         check(res)
-    published = results["as_published"]
-    assert published["passed"] is True and published["non_diagnostic"] is True
-    assert any("non-diagnostic" in note for note in published["notes"])
-    assert results["control:detector_on_unablated"]["passed"] is False
-    assert results["control:other_layers"]["passed"] is False
-    for row in published["data"]["prompts"]:  # the tautology, prompt by prompt, on both texts
+    assert [results[name]["kind"] for name in names] == ["as_published", "null", "null"]
+    assert all(res["passed"] is True for res in results.values())
+    paths = results["as_published"]["data"]["generation_paths"]  # which generation path ran, in every result
+    assert paths["batches"] == {"eager": 1} and "CUDA" in paths["reasons"][0] and paths["graphs_recorded"] == 0
+    for row in results["as_published"]["data"]["prompts"]:  # the tautology, prompt by prompt, on both texts
         assert "repetition" in row["detector_normal"] and "repetition" in row["detector_ablated"]
         assert row["normal"].startswith(row["prompt"][:5]) and row["ablated"] != ""
     (summary,) = aggregate(list(results.values()))
-    assert summary["verdict"] == "fragile" and summary["non_diagnostic"] is True
+    assert summary["verdict"] == "non_diagnostic" and summary["non_diagnostic"] is True
+    assert summary["nulls"] == {"null:detector_on_unablated": True, "null:other_layers": True}
     assert "published criterion non-diagnostic" in summary_rows([summary])[1]
 
 
@@ -95,7 +97,7 @@ def test_other_layers_are_mapped_without_the_target_and_seeded(tiny_lm: LoadedMo
         assert notes, "collapsed layer mappings must be noted"
 
 
-@pytest.mark.parametrize(("claim_id", "protocol"), [(L31_ID, "control:n20"), (PATCH_ID, "control:grid")])
+@pytest.mark.parametrize(("claim_id", "protocol"), [(L31_ID, "robustness:n20"), (PATCH_ID, "control:grid")])
 def test_too_small_a_bank_is_inconclusive_with_a_reason(tiny_lm: LoadedModel, claim_id: str,
                                                         protocol: str) -> None:
     real = bank_for(get_claim(claim_id))

@@ -1,103 +1,112 @@
-"""Known-answer tests of the whole R_V pipeline (issue 2, section 7).
+"""Known answers through the real plugin path (issue 10 §4): a pytest session (pytester, in process) runs the
+rv_contraction protocols and the null-weights check on tiny-mistral-instruct with an R_V planted by
+tests/planting.py, and the verdict is read from the JSON report the plugin writes.
 
-A planted effect must come out as "reproduced"; with no effect and shuffled labels the published test must
-reject at its nominal rate.
+- a planted real effect (recursive lower by the published separation) -> reproduced;
+- a planted length-only artefact (R_V a function of the token count alone) -> fragile, never reproduced;
+- half the published effect with noise (small n for that effect), the published comparison as published ->
+  underpowered with the n that would decide it, not fragile;
+- an effect planted whatever the weights (the random-weight twin gets it too) -> non_diagnostic.
+The robustness checks are skipped on purpose (--skip-control), which the verdicts list.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+import json
+from pathlib import Path
+from typing import Any
 
-import numpy as np
 import pytest
-import torch
 
-from claims.rv_contraction.protocols import PROTOCOLS
-from harness.analysis import stats
-from harness.claimkit.prompts import bank_for
+from harness import plugin_installed
 from harness.claimkit.registry import get_claim
-from harness.claimkit.rv import Context, layers_for
-from harness.engine.hooks import edit_site, hook_count
-from harness.engine.models import load
-from harness.engine.specs import get_spec
-from harness.report.document import aggregate
 
-ALPHA = 0.05
-SHUFFLES = 2000
+SEED_CLAIM = get_claim("rv_contraction")
+MODEL = "tiny-mistral-instruct"
+SCENARIOS = {"rv_planted_effect": "effect", "rv_length_artefact": "length", "rv_half_effect": "half",
+             "rv_planted_everywhere": "effect"}
+CONTROLS = ("token_matched", "length_strata", "bos_excluded", "chat_template")
+SKIPS = [f"{claim}.{name}" for claim in SCENARIOS for name in ("permutation", "n30")]
+SKIPS += [f"rv_planted_everywhere.{name}" for name in CONTROLS]  # its verdict rests on the null alone
 
+MODULE = '''
+import pytest
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return load(get_spec("tiny-mistral-instruct"), cache_dir=tmp_path_factory.mktemp("tiny"))
+from claims.rv_contraction.protocols import PROTOCOLS, SCHEMA
+from harness.claimkit.declare import NULL_WEIGHTS_PROTOCOL
+from harness.claimkit.results import check, null_weights_result
+from harness.claimkit.rv import Context, as_published
+from planting import planted, scenario
 
-
-@pytest.fixture(scope="module")
-def claim():
-    return get_claim("rv_contraction")
-
-
-@pytest.fixture(scope="module")
-def bank(claim):
-    return bank_for(claim)
+pytestmark = pytest.mark.claim("{claim}", schema=SCHEMA)
 
 
-def planted_contraction(lm, claim, bank):
-    """For recursive prompts only: full-rank (orthogonal) rows at the early v site and rank-one rows at the
-    late v site, so PR_early is near W and PR_late = 1 exactly; every other prompt runs untouched."""
-    recursive = {p for name in bank.categories if name.startswith("recursive") for p in bank.category(name)}
-    early, late = layers_for(claim, lm)
-    point = claim.protocol["site"]
-
-    def full_rank(v: torch.Tensor) -> torch.Tensor:  # (batch, seq, width): row t = |v_t| e_(t mod width)
-        eye = torch.eye(v.shape[-1], device=v.device, dtype=v.dtype)
-        return eye[torch.arange(v.shape[1]) % v.shape[-1]][None] * v.norm(dim=-1, keepdim=True)
-
-    def rank_one(v: torch.Tensor) -> torch.Tensor:  # every row a multiple of the last row
-        scale = torch.linspace(1.0, 2.0, v.shape[1], device=v.device, dtype=v.dtype)[None, :, None]
-        return scale * v[:, -1:, :]
-
-    @contextmanager
-    def around(prompts: Sequence[str]) -> Iterator[None]:
-        flags = torch.tensor([p in recursive for p in prompts])
-
-        def planter(make):
-            seen = {"rows": 0}
-
-            def plant(v: torch.Tensor, _call) -> torch.Tensor:
-                rows = flags[seen["rows"] : seen["rows"] + v.shape[0]].to(v.device)
-                seen["rows"] += v.shape[0]
-                return torch.where(rows[:, None, None], make(v), v)
-            return plant
-
-        with edit_site(lm.model, f"blocks.{early}.{point}", planter(full_rank)), \
-                edit_site(lm.model, f"blocks.{late}.{point}", planter(rank_one)):
-            yield
-
-    return around
+@pytest.mark.parametrize("protocol", list(PROTOCOLS))
+def test_planted(protocol, lm, claim, prompt_bank, harness_options, record_claim):
+    target, exact = scenario("{scenario}", claim, prompt_bank)
+    ctx = Context(claim, lm, prompt_bank, harness_options.seed, 64, around_run=planted(lm, claim, target, exact))
+    result = PROTOCOLS[protocol](ctx)
+    record_claim(result)
+    check(result)
 
 
-def test_planted_low_rank_effect_is_reproduced(tiny, claim, bank):
-    ctx = Context(claim, tiny, bank, seed=0, batch_size=16,
-                  around_run=planted_contraction(tiny, claim, bank))
-    results = [{**PROTOCOLS[name](ctx), "outcome": "passed"} for name in PROTOCOLS]
-    assert hook_count(tiny.model) == 0
-    failed = {r["protocol"]: r["criterion_detail"] for r in results if r["passed"] is not True}
-    assert not failed, f"planted effect not recovered by: {failed}"
-    (summary,) = aggregate(results)
-    assert summary["verdict"] == "reproduced"
+@pytest.mark.parametrize("protocol", [NULL_WEIGHTS_PROTOCOL])
+def test_null(protocol, lm, null_lm, claim, prompt_bank, harness_options, record_claim):
+    target, exact = scenario("{scenario}", claim, prompt_bank)
+    plant = planted(null_lm, claim, target, exact) if {plant_null} else None
+    ctx = Context(claim, null_lm, prompt_bank, harness_options.seed, 64, around_run=plant)
+    result = null_weights_result(as_published(ctx), lm, null_lm)
+    record_claim(result)
+    check(result)
+'''
 
 
-def test_null_rejection_rate_is_nominal(tiny, claim, bank):
-    """Shuffled labels, no plant: Student one-sided rejects at alpha +- 0.03 over 2000 shuffles."""
-    ctx = Context(claim, tiny, bank, seed=0, batch_size=32)
-    prompts = [p for name in ("recursive_extended", "baseline_extended") for p in bank.category(name)]
-    values = np.asarray(ctx.run(prompts, ctx.window()).r_v)
-    n = len(claim.published["recursive_per_prompt"])
-    rng = np.random.default_rng(0)
-    rejections = 0
-    for _ in range(SHUFFLES):
-        draw = rng.permutation(values.size)[: 2 * n]
-        rejections += stats.student_t(values[draw[:n]], values[draw[n:]]).p_value < ALPHA
-    rate = rejections / SHUFFLES
-    assert abs(rate - ALPHA) <= 0.03, f"null rejection rate {rate:.3f} outside {ALPHA} +- 0.03"
+def claim_folder(root: Path, claim_id: str, scenario: str) -> None:
+    """A copy of rv_contraction (its claim.toml and prompt bank) under another id, with a planted test module."""
+    folder = root / claim_id
+    folder.mkdir()
+    text = SEED_CLAIM.path.read_text(encoding="utf-8").replace('id = "rv_contraction"', f'id = "{claim_id}"', 1)
+    (folder / "claim.toml").write_text(text, encoding="utf-8")
+    (folder / "prompts.toml").write_bytes((SEED_CLAIM.folder / "prompts.toml").read_bytes())
+    module = MODULE.format(claim=claim_id, scenario=scenario, plant_null=claim_id == "rv_planted_everywhere")
+    (folder / f"test_{claim_id}.py").write_text(module, encoding="utf-8")
+
+
+def run_planted(pytester: pytest.Pytester) -> dict[str, dict[str, Any]]:
+    """One in-process pytest session over the three planted claims; their verdicts by claim id."""
+    for claim_id, scenario in SCENARIOS.items():
+        claim_folder(pytester.path, claim_id, scenario)
+    report = pytester.path / "claims.json"
+    args = [] if plugin_installed() else ["-p", "harness.plugin"]
+    skips = [arg for name in SKIPS for arg in ("--skip-control", name)]
+    run = pytester.runpytest_inprocess(*args, "--models", MODEL, "--claims-json", str(report),
+                                       "--claims-html", "none", "-p", "no:cacheprovider", "-q", *skips)
+    assert run.ret == 0, run.stdout.str()[-3000:]
+    document = json.loads(report.read_text(encoding="utf-8"))
+    return {v["claim"]: v for v in document["verdicts"] if v["model"] == MODEL}
+
+
+def test_known_answers_through_the_plugin(pytester: pytest.Pytester) -> None:
+    verdicts = run_planted(pytester)
+
+    effect = verdicts["rv_planted_effect"]  # a planted real effect -> reproduced
+    assert effect["verdict"] == "reproduced", effect
+    assert set(effect["controls"].values()) == {"pass"} and len(effect["controls"]) == 4
+    assert effect["nulls"] == {"null:random_weights": False}
+    assert effect["null_weights"] == "ran: the criterion fails on random weights"
+    assert effect["skipped_on_purpose"] == ["permutation", "n30"] and effect["robustness"] == {}
+
+    length = verdicts["rv_length_artefact"]  # a length-only artefact -> never reproduced
+    assert length["verdict"] == "fragile", length
+    assert length["as_published"] == {"as_published": True, "as_published_as_stated": True}
+    assert length["controls"]["control:token_matched"] == "fail"
+    assert length["controls"]["control:length_strata"] == "fail"
+
+    half = verdicts["rv_half_effect"]  # half the effect, noisy: underpowered with the n needed, not fragile
+    assert half["verdict"] == "underpowered", half
+    assert "fail" not in half["controls"].values()
+    assert half["n_needed"] and all(n > 8 for n in half["n_needed"].values())
+
+    everywhere = verdicts["rv_planted_everywhere"]  # the criterion holds without the trained weights too
+    assert everywhere["verdict"] == "non_diagnostic", everywhere
+    assert everywhere["nulls"] == {"null:random_weights": True} and everywhere["non_diagnostic"] is True

@@ -23,6 +23,9 @@ from harness.engine.models import (
     _load_random,
     architecture,
     load,
+    model_seed,
+    null_seed,
+    random_twin,
 )
 from harness.engine.specs import FAMILIES, MODELS_DIR, get_spec, load_registry
 
@@ -317,3 +320,28 @@ def test_random_weight_build_is_seeded_and_recorded() -> None:
 def test_architecture_files_exist_for_every_spec() -> None:
     for spec in load_registry().values():
         assert (MODELS_DIR / spec.config).is_file(), spec.id
+
+
+def test_a_protocol_dtype_overrides_the_registry_and_is_what_the_report_records(tmp_path) -> None:
+    """Issue 10 §1: the claim TOML's dtype was never read (rv_contraction ran mistral-7b-v0.1 in float32, the
+    report said float16). load(dtype=) now builds the model in the protocol's dtype, and describe() reports the
+    dtype that ran."""
+    spec = get_spec("tiny-mistral")
+    lm = load(spec, cache_dir=tmp_path, dtype="bfloat16")
+    assert lm.model.dtype == torch.bfloat16 and lm.describe()["dtype"] == "bfloat16"
+    assert load(spec, cache_dir=tmp_path).describe()["dtype"] == spec.dtype
+    random = _load_random(get_spec("tiny-qwen2"), ["cpu"], 0, torch.float16)
+    assert random.model.dtype == torch.float16
+    with pytest.raises(ValueError, match=r"dtype='float8'.*allowed: float16, bfloat16, float32"):
+        load(spec, cache_dir=tmp_path, dtype="float8")
+
+
+def test_the_null_weights_twin_has_the_architecture_and_tokenizer_but_not_the_weights(tmp_path) -> None:
+    lm = load(get_spec("tiny-llama"), cache_dir=tmp_path, dtype="bfloat16")
+    twin, again, other = random_twin(lm, 0), random_twin(lm, 0), random_twin(lm, 1)
+    assert twin.dims == lm.dims and twin.model.dtype == torch.bfloat16 and twin.tokenizer is lm.tokenizer
+    assert twin.weights == "random" and twin.provenance["twin_of"] == lm.id
+    assert twin.provenance["weight_seed"] == null_seed(lm.spec, 0) != model_seed(lm.spec, 0)
+    name = "model.layers.0.self_attn.v_proj.weight"
+    assert not torch.equal(state(twin)[name], state(lm)[name])
+    assert torch.equal(state(twin)[name], state(again)[name]) and not torch.equal(state(twin)[name], state(other)[name])

@@ -41,7 +41,7 @@ def overflow_at_late_site(ctx, which):
     _, late = layers_for(ctx.claim, ctx.lm)
 
     @contextmanager
-    def around(prompts):
+    def around(prompts, _window, _fmt):
         flags = torch.tensor([which(p) for p in prompts])
         seen = {"rows": 0}
 
@@ -104,7 +104,7 @@ def test_out_of_memory_at_batch_one_is_raised(ctx, monkeypatch):
 
 def test_no_hook_survives_an_exception_inside_a_protocol(ctx):
     @contextmanager
-    def explode(_prompts):
+    def explode(_prompts, _window, _fmt):
         with edit_site(ctx.lm.model, "blocks.3.attn.v", lambda v, c: None):
             raise RuntimeError("boom inside the claim")
             yield  # pragma: no cover

@@ -1,7 +1,8 @@
-"""Tests of harness/replay.py: the published role-conditioning tables re-derived, and the command line.
+"""Tests of harness/claimkit/replay.py and role_rederive.py: the published role-conditioning tables re-derived,
+the claims' re-derivations, and the command line.
 
-The expected figures live in fixtures/replay/rfc_published_figures.toml; the tables are read in place from
-../shared/published/ (tests that need them skip where that folder is absent).
+The expected figures live in fixtures/replay/rfc_published_figures.toml; the tables are the vendored copies in
+fixtures/published/, checked against MANIFEST.toml: a missing or altered table fails, never skips.
 """
 
 from __future__ import annotations
@@ -20,19 +21,20 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from harness.claimkit.published import verified_table
+from harness.claimkit.registry import get_claim
 from harness.claimkit.replay import REQUIRED_COLUMNS, ReplayError, main, read_table, replay_rfc
+from harness.claimkit.role_rederive import cross_model, rederive
+from harness.resources import published_dir
 
 ROOT = Path(__file__).resolve().parents[1]
-PUBLISHED = Path(__file__).resolve().parents[2] / "shared" / "published"
+PUBLISHED = published_dir()
 FIGURES = tomllib.loads((ROOT / "fixtures" / "replay" / "rfc_published_figures.toml").read_text("utf-8"))
 TABLES = [name for name in FIGURES if name not in ("tolerance", "correlations")]
 
-needs_published = pytest.mark.skipif(
-    not PUBLISHED.is_dir(), reason=f"published tables not found at {PUBLISHED} (../shared/published)")
-
 
 def table_path(name: str) -> Path:
-    return PUBLISHED / FIGURES[name]["file"]
+    return verified_table(PUBLISHED, FIGURES[name]["file"])
 
 
 def lookup(data: Any, path: str) -> Any:
@@ -54,12 +56,9 @@ def tolerance(section: dict[str, Any], path: str) -> float:
 
 @pytest.fixture(scope="module")
 def replays() -> dict[str, dict[str, Any]]:
-    if not PUBLISHED.is_dir():
-        pytest.skip(f"published tables not found at {PUBLISHED}")
     return {name: replay_rfc(table_path(name)).to_dict() for name in TABLES}
 
 
-@needs_published
 @pytest.mark.parametrize("name", TABLES)
 def test_replayed_figures(name: str, replays: dict[str, dict[str, Any]]) -> None:
     section = FIGURES[name]
@@ -68,7 +67,6 @@ def test_replayed_figures(name: str, replays: dict[str, dict[str, Any]]) -> None
     assert not wrong, f"{section['file']}: (replayed, expected) differ for {wrong}"
 
 
-@needs_published
 @pytest.mark.parametrize("name", TABLES)
 def test_every_published_discrepancy_is_explained(name: str, replays: dict[str, dict[str, Any]]) -> None:
     section = FIGURES[name]
@@ -79,7 +77,6 @@ def test_every_published_discrepancy_is_explained(name: str, replays: dict[str, 
     assert explained - differs == set(), f"{name}: discrepancy notes for figures that do reproduce (stale)"
 
 
-@needs_published
 def test_mistral_discrepancy_is_the_head_count(replays: dict[str, dict[str, Any]]) -> None:
     section = FIGURES["mistral"]
     assert replays["mistral"]["n_heads"]["base"] < section["model_heads"]
@@ -87,18 +84,16 @@ def test_mistral_discrepancy_is_the_head_count(replays: dict[str, dict[str, Any]
     assert notes and all("28 of 32 heads" in note for note in notes)
 
 
-@needs_published
 def test_correlation_between_tables() -> None:
     for expected in FIGURES["correlations"].values():
         a, b = (table_path(name) for name in expected["tables"])
-        result = replay_rfc(a, against=b).to_dict()["correlation"]
-        for key in ("pearson_r", "spearman_rho", "shift_p", "n_layers"):
+        result = replay_rfc(a, against=b, block=expected.get("block_length", 4)).to_dict()["correlation"]
+        for key in [k for k in expected if k not in ("tables", "tolerance", "block_length")]:
             assert matches(result[key], expected[key], tolerance(expected, key)), key
         diffs = [read_table(p).columns["rfc_diff"] for p in (a, b)]
         assert result["pearson_r"] == pytest.approx(stats.pearsonr(*diffs).statistic, abs=1e-12)
 
 
-@needs_published
 def test_correlating_tables_of_different_depth_fails() -> None:
     with pytest.raises(ReplayError, match=r"32 layers but .* has 28"):
         replay_rfc(table_path("mistral"), against=table_path("qwen"))
@@ -110,7 +105,6 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
                           cwd=ROOT, env=env, timeout=120, check=False)
 
 
-@needs_published
 def test_cli_json_to_stdout() -> None:
     done = run_cli("rfc", str(table_path("mistral")), "--json", "-")
     assert done.returncode == 0, done.stderr
@@ -120,7 +114,6 @@ def test_cli_json_to_stdout() -> None:
         assert matches(lookup(report, path), replayed[path], tolerance(FIGURES["mistral"], path)), path
 
 
-@needs_published
 def test_cli_json_file_and_summary(tmp_path: Path) -> None:
     out = tmp_path / "qwen.json"
     done = run_cli("rfc", str(table_path("qwen")), "--json", str(out))
@@ -207,6 +200,78 @@ def test_cli_errors_exit_2_with_a_message(tmp_path: Path, capsys: pytest.Capture
     assert main(["rfc", str(truncated), "--json", "-"]) == 2
     captured = capsys.readouterr()
     assert "row 4" in captured.err and "re-export" in captured.err and captured.out == ""
+
+
+# ---- the claims' re-derivations (role_rederive) ---------------------------------------------------------
+
+def test_qwen_rederives_from_the_committed_table_and_reports_the_superseded_one() -> None:
+    claim = get_claim("rfc_preserved_qwen")
+    committed, superseded = rederive(claim, PUBLISHED), rederive(claim, PUBLISHED, "superseded_data_file")
+    assert (committed["protocol"], committed["kind"]) == ("rederive", "rederive")
+    assert (superseded["protocol"], superseded["kind"]) == ("rederive:superseded", "robustness")
+    published = claim.published
+    assert committed["observed"]["mean_drfc"] == pytest.approx(published["mean_drfc_committed_table"], abs=5e-5)
+    assert committed["passed"] is published["rederive_reproduces_headline"] is False
+    assert superseded["observed"]["mean_drfc"] == pytest.approx(published["mean_drfc"], abs=5e-5)
+    assert superseded["passed"] is True
+    assert committed["observed"]["mean_drfc_superseded_table"] == superseded["observed"]["mean_drfc"]
+    assert superseded["observed"]["mean_drfc_committed_table"] == committed["observed"]["mean_drfc"]
+    assert any("superseded table" in note for note in committed["notes"])
+    assert committed["observed"]["mean_drfc_without_unstable"] == pytest.approx(
+        published["mean_drfc_committed_without_layer_0"], abs=5e-5)
+
+
+def test_llama_rederives_and_correlates_with_mistral_beside_the_layer_aware_nulls() -> None:
+    claim = get_claim("rfc_instruct_compresses_llama")
+    result = rederive(claim, PUBLISHED)
+    assert result["passed"] is True and result["observed"]["layers_below"] == claim.published["layers_below"]
+    corr = cross_model(claim, PUBLISHED)
+    obs, published = corr["observed"], claim.published
+    assert corr["kind"] == "robustness" and corr["passed"] is True
+    assert obs["pearson_r"] == pytest.approx(published["pearson_r_mistral"], abs=5e-4)
+    assert obs["pearson_p_iid"] == pytest.approx(published["pearson_p_mistral"], abs=5e-4)
+    assert obs["spearman_rho"] == pytest.approx(published["spearman_rho_mistral"], abs=5e-5)
+    expected = FIGURES["correlations"]["llama_vs_mistral"]
+    assert obs["pearson_p_circular_shift"] == expected["shift_p"]
+    assert obs["pearson_p_block_permutation"] == pytest.approx(expected["block_p"], abs=1e-4)
+    assert obs["pearson_p_block_permutation"] > 0.05 > obs["pearson_p_iid"]  # the iid p overstates it (W-B6)
+
+
+def test_an_altered_vendored_table_fails_the_rederivation(tmp_path: Path) -> None:
+    claim = get_claim("rfc_instruct_compresses_llama")
+    for name in ("MANIFEST.toml", claim.published["data_file"], "role-conditioning_mistral_detailed_comparison.csv"):
+        (tmp_path / name).write_bytes((PUBLISHED / name).read_bytes())
+    table = tmp_path / claim.published["data_file"]
+    header, first, *rest = table.read_text().splitlines()
+    cells = first.split(",")
+    cells[header.split(",").index("rfc_diff")] = "-0.5"  # one cell of layer 0 changed
+    table.write_text("\n".join([header, ",".join(cells), *rest]) + "\n")
+    with pytest.raises(ValueError, match="differs from the copy vendored"):
+        rederive(claim, tmp_path)
+    table.unlink()
+    with pytest.raises(ValueError, match="not found"):
+        cross_model(claim, tmp_path)
+
+
+ROLE_CLAIMS = ("rfc_instruct_compresses_mistral", "rfc_preserved_qwen", "rfc_instruct_compresses_llama",
+               "graded_head_ablation")
+
+
+def published_floats(value: Any) -> list[float]:
+    if isinstance(value, list):
+        return [f for v in value for f in published_floats(v)]
+    return [abs(value)] if isinstance(value, float) else []
+
+
+def test_no_published_figure_of_the_role_claims_is_written_in_the_harness_code() -> None:
+    # Published figures live in claim.toml; a figure with two or more significant digits found in harness/
+    # code (e.g. "0.0934") means a number was copied instead of read.
+    figures = {repr(v) for claim in ROLE_CLAIMS for v in published_floats(list(get_claim(claim).published.values()))
+               if len(repr(v).replace(".", "").strip("0")) >= 2}
+    assert "0.0934" in figures and "0.398" in figures  # the search covers the headline figures
+    hits = [(str(path.relative_to(ROOT)), figure) for path in sorted((ROOT / "harness").rglob("*.py"))
+            for figure in figures if figure in path.read_text(encoding="utf-8")]
+    assert not hits, f"published figures written in harness code (read them from claim.toml): {hits}"
 
 
 @pytest.mark.parametrize(("argv", "status"), [(["replay", "--help"], 0), (["replay", "-h"], 0), (["replay"], 2)],

@@ -49,12 +49,18 @@ def result(
     }
 
 
+DECLARED = {"as_published": ["as_published"], "controls": ["a", "b"], "robustness": [], "nulls": [],
+            "skipped_on_purpose": [], "null_weights": False}
+
+
 def pub(passed: bool | None, outcome: str = "passed", **kw: Any) -> dict[str, Any]:
-    return result("as_published", "as_published", passed, outcome, **kw)
+    return result("as_published", "as_published", passed, outcome, **{"declared": DECLARED, **kw})
 
 
-def ctl(name: str, passed: bool | None, outcome: str = "passed", **kw: Any) -> dict[str, Any]:
-    return result("control", f"control_{name}", passed, outcome, **kw)
+def ctl(name: str, decision: str | None, outcome: str = "passed", **kw: Any) -> dict[str, Any]:
+    """A control result as protocol_result makes it: `passed` follows the decision."""
+    passed = {"pass": True, "fail": False}.get(decision or "")
+    return result("control", f"control:{name}", passed, outcome, decision=decision, **{"declared": DECLARED, **kw})
 
 
 # --- jsonable ---------------------------------------------------------------------------------------------
@@ -117,50 +123,59 @@ def test_failed_atomic_write_keeps_the_old_file_and_no_temp(tmp_path: Path) -> N
 @pytest.mark.parametrize(
     ("items", "expected"),
     [
-        ([pub(True), ctl("a", True), ctl("b", True)], "reproduced"),
-        ([pub(True), ctl("a", True), ctl("b", False)], "fragile"),
-        ([pub(True), ctl("a", False, "failed")], "fragile"),
-        ([pub(False), ctl("a", True)], "not_reproduced"),
-        ([pub(False, "failed"), ctl("a", False)], "not_reproduced"),  # the criterion failed on real weights
-        ([pub(None), ctl("a", True)], "inconclusive"),  # NaN observed
-        ([pub(True), ctl("a", None)], "inconclusive"),
-        ([ctl("a", True)], "inconclusive"),  # no as-published result at all
+        ([pub(True), ctl("a", "pass"), ctl("b", "pass")], "reproduced"),
+        ([pub(True), ctl("a", "pass"), ctl("b", "fail")], "fragile"),
+        ([pub(True), ctl("a", "fail", "failed"), ctl("b", "pass")], "fragile"),
+        ([pub(True), ctl("a", "underpowered"), ctl("b", "pass")], "underpowered"),
+        ([pub(True), ctl("a", "pass")], "inconclusive"),  # control b declared, never ran
+        ([pub(False), ctl("a", "pass")], "not_reproduced"),
+        ([pub(False, "failed"), ctl("a", "fail")], "not_reproduced"),  # the criterion failed on real weights
+        ([pub(None), ctl("a", "pass")], "inconclusive"),  # NaN observed
+        ([pub(True), ctl("a", None), ctl("b", "pass")], "inconclusive"),
+        ([ctl("a", "pass"), ctl("b", "pass")], "inconclusive"),  # no as-published result at all
         ([pub(True), result("as_published", "as_published_variant", False)], "not_reproduced"),
+        ([pub(True), ctl("a", "pass"), ctl("b", "pass"), result("null", "null:x", True)], "non_diagnostic"),
+        ([pub(True), ctl("a", "pass"), ctl("b", "pass"), result("robustness", "robustness:n30", False)],
+         "reproduced"),
         ([pub(None, "skipped"), ctl("a", None, "skipped")], "skipped"),
         ([pub(True), ctl("a", None, "error")], "error"),
-        ([pub(None, "error"), ctl("a", True)], "error"),
-        (
-            [result("rederive", "rederive", True, model="published-data", weights="published-data")],
-            "reproduced",
-        ),
+        ([pub(None, "error"), ctl("a", "pass")], "error"),
+        ([result("rederive", "rederive", True, model="published-data", weights="published-data")], "rederived"),
+        ([result("measure", "measure:downstream", True)], "measured"),
     ],
-    ids=[
-        "all-pass",
-        "control-fails",
-        "control-test-failed",
-        "as-published-fails",
-        "as-published-test-failed",
-        "nan",
-        "control-nan",
-        "controls-only",
-        "one-main-fails",
-        "skipped",
-        "control-error",
-        "main-error",
-        "rederive",
-    ],
+    ids=["all-pass", "control-fails", "control-test-failed", "underpowered", "control-not-run",
+         "as-published-fails", "as-published-test-failed", "nan", "control-nan", "controls-only", "one-main-fails",
+         "null-holds", "robustness-never-counted", "skipped", "control-error", "main-error", "rederive", "measure"],
 )
 def test_aggregate_verdict(items: list[dict[str, Any]], expected: str) -> None:
     (row,) = aggregate(items)
     assert row["verdict"] == expected
 
 
+def test_the_old_rule_no_longer_reproduces_with_nothing_tested() -> None:
+    """Issue 10 §1: `verdict(True, {})` said reproduced. With no control run, or none declared, it cannot."""
+    (nothing_declared,) = aggregate([result("as_published", "as_published", True)])
+    assert nothing_declared["verdict"] == "inconclusive"
+    assert "reproduced needs at least one diagnostic control" in nothing_declared["reasons"][0]
+    (partial,) = aggregate([pub(True), ctl("a", "pass")])
+    assert partial["verdict"] == "inconclusive" and partial["not_run"] == ["b"]
+    assert partial["reasons"] == ["controls not run: b"]
+
+
+def test_a_control_skipped_on_purpose_is_listed_not_missing() -> None:
+    declared = {**DECLARED, "skipped_on_purpose": ["b"]}
+    (row,) = aggregate([pub(True, declared=declared), ctl("a", "pass", declared=declared)])
+    assert row["verdict"] == "reproduced" and row["skipped_on_purpose"] == ["b"] and row["not_run"] == []
+
+
 def test_aggregate_gives_one_verdict_per_claim_and_model() -> None:
     items = [
         pub(True, model="m2"),
-        ctl("a", False, model="m2"),
+        ctl("a", "fail", model="m2"),
+        ctl("b", "pass", model="m2"),
         pub(True, model="m1"),
-        ctl("a", True, model="m1"),
+        ctl("a", "pass", model="m1"),
+        ctl("b", "pass", model="m1"),
         pub(False, claim="other", model="m1"),
         pub(None, "skipped", model="m3"),
     ]
@@ -171,7 +186,8 @@ def test_aggregate_gives_one_verdict_per_claim_and_model() -> None:
         ("rv", "m2", "fragile"),
         ("rv", "m3", "skipped"),
     ]
-    assert rows[2]["as_published"] == {"as_published": True} and rows[2]["controls"] == {"control_a": False}
+    assert rows[2]["as_published"] == {"as_published": True}
+    assert rows[2]["controls"] == {"control:a": "fail", "control:b": "pass"}
 
 
 @pytest.mark.parametrize(
@@ -181,20 +197,28 @@ def test_aggregate_gives_one_verdict_per_claim_and_model() -> None:
         (["pretrained", "published-data"], True),
         (["tiny"], False),
         (["random"], False),
-        (["pretrained", None], False),
     ],
 )
-def test_aggregate_marks_which_weights_are_evidence(weights: list[str | None], diagnostic: bool) -> None:
-    items = [ctl(f"c{i}", True, weights=w) for i, w in enumerate(weights)]
+def test_aggregate_marks_which_weights_are_evidence(weights: list[str], diagnostic: bool) -> None:
+    items = [ctl(f"c{i}", "pass", weights=w) for i, w in enumerate(weights)]
     (row,) = aggregate([pub(True, weights=weights[0]), *items])
     assert row["diagnostic_weights"] is diagnostic
-    assert row["weights"] == sorted({str(w) for w in weights})
+    assert row["weights"] == sorted(set(weights))
 
 
-def test_aggregate_flags_a_non_diagnostic_criterion() -> None:
-    (row,) = aggregate([pub(True, non_diagnostic=True), ctl("a", True)])
-    assert row["non_diagnostic"] is True and row["verdict"] == "reproduced"
-    assert aggregate([pub(True)])[0]["non_diagnostic"] is False
+def test_aggregate_flags_a_non_diagnostic_criterion_and_says_what_the_null_weights_check_did() -> None:
+    declared = {**DECLARED, "nulls": ["random_weights"], "null_weights": True}
+    held = [pub(True, declared=declared), ctl("a", "pass"), ctl("b", "pass"),
+            result("null", "null:random_weights", True, declared=declared)]
+    (row,) = aggregate(held)
+    assert row["non_diagnostic"] is True and row["verdict"] == "non_diagnostic"
+    assert row["null_weights"].startswith("ran: the criterion also holds on random weights")
+    (missing,) = aggregate(held[:3])
+    assert missing["verdict"] == "inconclusive" and missing["not_run"] == ["random_weights"]
+    assert missing["reasons"] == ["nulls not run: random_weights"] and missing["null_weights"] == "not run"
+    (opted_out,) = aggregate([pub(True), ctl("a", "pass"), ctl("b", "pass")])
+    assert opted_out["null_weights"] == "not run: opted out (--no-null-weights)"
+    assert opted_out["verdict"] == "reproduced" and opted_out["non_diagnostic"] is False
 
 
 # --- the document -----------------------------------------------------------------------------------------
@@ -218,13 +242,13 @@ def test_report_document_is_strict_json_after_every_add(report: Report) -> None:
     )
     first = strict_loads(report.path.read_text(encoding="utf-8"))
     assert first["results"][0]["observed"] == {"t": 2.5, "p_value": None}
-    report.add({**ctl("a", False), "observed": {"separation": -math.inf}})
+    report.add({**ctl("a", "fail"), "observed": {"separation": -math.inf}})
     doc = strict_loads(report.path.read_text(encoding="utf-8"))
     assert doc["schema_version"] == SCHEMA_VERSION
     assert doc["run"]["seed"] == 7 and doc["run"]["argv"] == ["-m", "not gpu"] and doc["run"]["git"] == GIT
     assert doc["run"]["status"] == "running" and doc["run"]["finished"] is None
     assert doc["models"] == {"tiny-mistral": info}
-    assert [r["protocol"] for r in doc["results"]] == ["as_published", "control_a"]
+    assert [r["protocol"] for r in doc["results"]] == ["as_published", "control:a"]
     assert doc["results"][1]["observed"]["separation"] is None
     assert [(v["model"], v["verdict"]) for v in doc["verdicts"]] == [("tiny-mistral", "fragile")]
     assert [p.name for p in report.path.parent.iterdir()] == ["claims.json"]
@@ -247,18 +271,17 @@ def test_summary_rows_show_verdict_controls_and_weight_notes() -> None:
         aggregate(
             [
                 pub(True),
-                ctl("a", True),
-                ctl("b", False),
+                ctl("a", "pass"),
+                ctl("b", "fail"),
                 pub(True, model="mistral-7b-instruct-v0.2", weights="pretrained"),
+                ctl("a", "pass", model="mistral-7b-instruct-v0.2", weights="pretrained"),
+                ctl("b", "underpowered", model="mistral-7b-instruct-v0.2", weights="pretrained", n_needed=41),
             ]
         )
     )
     header, published, tiny = rows
     assert header.split()[:3] == ["claim", "model", "verdict"]
-    assert "reproduced" in published and "not evidence" not in published
-    assert (
-        "fragile" in tiny
-        and " 1/2 " in tiny
-        and "weights tiny: not evidence about the published model" in tiny
-    )
+    assert "underpowered" in published and "not evidence" not in published
+    assert "control:b underpowered (n >= 41 per group needed)" in published
+    assert "fragile" in tiny and " 1/2 " in tiny and "weights tiny: not evidence about the published model" in tiny
     assert summary_rows([]) == []

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from cpu_suite import ROOT, SuiteRun, cpu_suite_run
 
-from harness.report.document import aggregate
+from harness.report.document import SCHEMA_VERSION, aggregate
 from harness.report.tools import SCHEMA_FILE, ReportError, diff, main, merge, validate
 
 
@@ -48,7 +48,7 @@ def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, s
 def test_the_cpu_suite_report_validates(suite: SuiteRun, capsys: pytest.CaptureFixture[str]) -> None:
     assert validate(suite.document()) == []
     status, out, _ = run_cli(capsys, "validate", str(suite.json_path))
-    assert status == 0 and "valid (schema_version 1.0)" in out
+    assert status == 0 and f"valid (schema_version {SCHEMA_VERSION})" in out
 
 
 @pytest.mark.parametrize(("edit", "path"), [
@@ -72,7 +72,7 @@ def test_a_missing_field_is_named_by_its_json_path(doc: dict[str, Any], edit: An
     (lambda d: d["run"].update(seed="0"), "$.run.seed"),
     (lambda d: d["results"][1].update(passed="yes"), "$.results[1].passed"),
     (lambda d: d["verdicts"][0].update(verdict="sort_of"), "$.verdicts[0].verdict"),
-    (lambda d: d.update(schema_version="2.0"), "$.schema_version"),
+    (lambda d: d.update(schema_version="1.0"), "$.schema_version"),
     (lambda d: d["results"][0]["criterion"].update(p_value={"below": 0.05}),
      "$.results[0].criterion.p_value"),
 ], ids=["n.recursive", "run.seed", "result.passed", "verdict.verdict", "schema_version", "criterion.op"])
@@ -97,7 +97,7 @@ def test_a_truncated_report_names_the_file(suite: SuiteRun, tmp_path: Path,
 
 @pytest.mark.parametrize(("text", "message"), [
     ("", "truncated"), ("not json at all", "not valid JSON"), ("[1, 2]", "$ is a list"),
-    ('{"schema_version": "1.0"}', "$.run is missing"),
+    ('{"schema_version": "2.0"}', "$.run is missing"),
 ])
 def test_bad_input_to_merge_and_diff_names_file_and_field(text: str, message: str, tmp_path: Path,
                                                           suite: SuiteRun,
@@ -124,7 +124,7 @@ def test_validate_asks_for_jsonschema_when_it_is_missing(monkeypatch: pytest.Mon
 
 def test_the_schema_ships_as_package_data() -> None:
     schema = resources.files("harness").joinpath("report", "schema", SCHEMA_FILE)
-    assert json.loads(schema.read_text(encoding="utf-8"))["properties"]["schema_version"] == {"const": "1.0"}
+    assert json.loads(schema.read_text(encoding="utf-8"))["properties"]["schema_version"] == {"const": SCHEMA_VERSION}
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
     globs = pyproject["tool"]["setuptools"]["package-data"]["harness"]
     assert any(fnmatch.fnmatch(f"report/schema/{SCHEMA_FILE}", g) for g in globs), globs

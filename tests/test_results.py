@@ -55,17 +55,17 @@ def test_protocol_result_packages_what_the_report_needs(rv_claim: Claim) -> None
 
 def test_protocol_result_rejects_an_unknown_kind(rv_claim: Claim) -> None:
     with pytest.raises(
-        ValueError, match=r"result kind 'main'; allowed: \('as_published', 'control', 'rederive'\)"
+        ValueError, match=r"result kind 'main'; allowed: \('as_published', 'control', 'robustness', 'null', "
     ):
         protocol_result(rv_claim, "x", "main", CRITERION, {})
-    assert KINDS == ("as_published", "control", "rederive")
+    assert KINDS == ("as_published", "control", "robustness", "null", "rederive", "measure")
 
 
 def test_an_inconclusive_result_says_why(rv_claim: Claim) -> None:
     res = protocol_result(
         rv_claim,
-        "control_n30",
-        "control",
+        "robustness:n30",
+        "robustness",
         CRITERION,
         {"separation": 0.2, "p_value": math.nan},
         exclusions={"nan_pr": 3},

@@ -1,6 +1,7 @@
-"""Unit and property tests of harness/rfc.py: RFC/RSI under both aggregations and their statistics.
+"""Unit and property tests of harness/analysis/rfc.py: RFC/RSI under both aggregations and their statistics.
 
-The entropy reference (patterns -> head values) is tested in tests/test_entropy.py.
+The entropy reference (patterns -> head values) is tested in tests/test_entropy.py, the prompt-level
+inference in tests/test_rfc_inference.py and the profile correlations in tests/test_profiles.py.
 """
 
 from __future__ import annotations
@@ -23,15 +24,12 @@ from harness.analysis.rfc import (
     benjamini_hochberg,
     bonferroni_significant,
     category_entropy,
-    circular_shift_p,
     cohens_d,
     compare_layers,
-    correlate_profiles,
     head_level_rfc,
     held_out_head_ranking,
     layer_metric,
     layer_stats,
-    paired_bootstrap_diff,
     rfc,
     rsi,
     threshold_counts,
@@ -141,61 +139,20 @@ def test_unstable_denominator_rule() -> None:
         unstable_denominator(rfc_values, np.array([1.0, np.nan, 1.0, 1.0]))
 
 
-# ---- prompt-level statistics ---------------------------------------------------------------------------
+# ---- corrections and effect sizes ---------------------------------------------------------------------
 
-def test_paired_bootstrap_is_seeded_and_paired() -> None:
-    base = synthetic_categories(2, prompts=20, layers=2, heads=4)
-    # Instruct lowers every self prompt's entropy by 0.05: small next to the prompt-to-prompt spread
-    # (uniform 0.5-1.5), but identical for each prompt, so only a paired resampling sees it clearly.
-    instruct = {k: PromptEntropies(v.head_means - (0.05 if k == SELF else 0.0), v.n_tokens)
-                for k, v in base.items()}
-    first = paired_bootstrap_diff(base, instruct, n_boot=300, seed=7)
-    again = paired_bootstrap_diff(base, instruct, n_boot=300, seed=7)
-    np.testing.assert_array_equal(first.ci_low, again.ci_low)
-    expected = layer_metric(instruct) - layer_metric(base)
-    np.testing.assert_allclose(first.observed, expected)
-    assert (first.observed > 0).all() and (first.ci_low > 0).all()
-    assert (first.p_value == pytest.approx(2 / 301))  # no draw crosses 0: the smallest p this n_boot gives
-    other = paired_bootstrap_diff(base, instruct, n_boot=300, seed=8)
-    assert not np.array_equal(first.ci_low, other.ci_low)
-
-
-def test_paired_bootstrap_of_identical_models_is_null() -> None:
-    base = synthetic_categories(3, prompts=10, layers=2, heads=4)
-    res = paired_bootstrap_diff(base, base, metric="rsi", aggregation="prompt_mean", n_boot=50, seed=0)
-    np.testing.assert_array_equal(res.observed, 0.0)
-    np.testing.assert_array_equal(res.p_value, 1.0)
-
-
-def test_paired_bootstrap_rejects_unpaired_inputs() -> None:
-    base, other = synthetic_categories(0, prompts=10), synthetic_categories(0, prompts=9)
-    with pytest.raises(ValueError, match="same prompts through both models"):
-        paired_bootstrap_diff(base, other, n_boot=10)
-
-
-def test_benjamini_hochberg_matches_scipy() -> None:
+def test_benjamini_hochberg_by_hand_and_scipy() -> None:
+    # 4 layers: sorted p 0.01, 0.03, 0.04, 0.2 scale by 4/rank to 0.04, 0.06, 0.0533, 0.2; the step-up minimum
+    # from the top gives 0.04, 0.0533, 0.0533, 0.2 (input order below).
+    by_hand = benjamini_hochberg([0.01, 0.04, 0.03, 0.2], alpha=0.05)
+    np.testing.assert_allclose(by_hand.adjusted, [0.04, 0.16 / 3, 0.16 / 3, 0.2], rtol=1e-12)
+    assert by_hand.rejected.tolist() == [True, False, False, False]
     p = np.array([0.001, 0.02, 0.03, 0.04, 0.2, 0.9, 0.011])
     res = benjamini_hochberg(p, alpha=0.05)
     np.testing.assert_allclose(res.adjusted, stats.false_discovery_control(p), rtol=1e-12)
     assert res.rejected.tolist() == (stats.false_discovery_control(p) <= 0.05).tolist()
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         benjamini_hochberg([0.5, 1.2])
-
-
-def test_correlate_profiles_matches_scipy_and_shift_null() -> None:
-    rng = np.random.default_rng(4)
-    x = rng.normal(size=32)
-    y = x + rng.normal(scale=0.5, size=32)
-    res = correlate_profiles(x, y)
-    assert res.pearson_r == pytest.approx(stats.pearsonr(x, y).statistic)
-    assert res.spearman_rho == pytest.approx(stats.spearmanr(x, y).statistic)
-    assert res.shift_p == pytest.approx(1 / 32)  # no other cyclic shift correlates as strongly
-    smooth = np.sin(np.linspace(0, 2 * np.pi, 32, endpoint=False))
-    assert circular_shift_p(smooth, smooth) == pytest.approx(2 / 32)  # the half-period shift gives r = -1
-    with pytest.raises(ValueError, match="32 and 28 layers"):
-        correlate_profiles(x, y[:28])
-    with pytest.raises(ValueError, match="constant"):
-        correlate_profiles(np.ones(5), np.arange(5.0))
 
 
 def test_cohens_d_pooled_sd_ddof1() -> None:

@@ -1,8 +1,11 @@
-"""Tests of harness/role.py, harness/role_controls.py and harness/role_ablation.py on the tiny models.
+"""Tests of harness/claimkit/role.py, role_format.py, role_effects.py, role_controls.py and the graded ablation
+on the tiny models.
 
-The in-forward entropies equal the pattern reference (harness/entropy.py) on eager patterns; categories are
-data keys; a model compared with itself gives dRFC exactly 0 and no significant layer; heads are counted
-from the config, and capped at 28 only as the source did; graded ablation moves only what follows it.
+The in-forward entropies equal the pattern reference (harness/analysis/entropy.py) on eager patterns;
+categories are data keys; a model compared with itself gives dRFC exactly 0 and no significant layer, under
+every control (the chat-template control included: issue 10 found -0.1006 there); heads are counted from the
+config, and capped at 28 only as the source did; a control identical to as_published is dropped; planted
+effects get the decision they should (pass, fail, underpowered); graded ablation moves only what follows it.
 """
 
 from __future__ import annotations
@@ -15,17 +18,16 @@ import numpy as np
 import pytest
 import torch
 
-from claims.graded_head_ablation.protocols import Target, ablation_effect, map_targets
+from claims.graded_head_ablation.protocols import PROTOCOLS as ABLATION
+from claims.graded_head_ablation.protocols import AblationContext, Target, ablation_effect, map_targets
 from harness.analysis.entropy import bos_mass, normalised_head_entropy, published_head_entropy
 from harness.analysis.rfc import CONFOUNDER, NEUTRAL, SELF, PromptEntropies
 from harness.claimkit.prompts import PromptBank, bank_for, find_bank
 from harness.claimkit.registry import get_claim
 from harness.claimkit.results import check
 from harness.claimkit.role import (
-    MINIMAL_TEMPLATE,
     CategoryRun,
     RoleContext,
-    chat_encoder,
     compare_pair,
     entropies,
     measure,
@@ -34,7 +36,11 @@ from harness.claimkit.role import (
     summarise,
 )
 from harness.claimkit.role_controls import PROTOCOLS, match_token_counts
+from harness.claimkit.role_format import MINIMAL_TEMPLATE, ScoredEncoded, chat_format, raw_format
+from harness.claimkit.verdicts import Declared, verdict
+from harness.engine.attention import EntropyResult, attention_entropy
 from harness.engine.models import LoadedModel
+from harness.engine.runner import encode
 from harness.report.figures import figures_for
 
 FAMILIES = ("tiny-mistral", "tiny-qwen2", "tiny-llama")
@@ -88,6 +94,27 @@ def test_engine_entropies_equal_the_pattern_reference(tiny_models: dict[str, Loa
     assert run.n_normalised.tolist() == [n - 2 for n in lengths]
 
 
+def test_the_engine_averages_only_the_marked_rows(tiny_models: dict[str, LoadedModel]) -> None:
+    # By causality a prompt's rows 0..T-2 are those of the prompt without its last token, so the sum over all
+    # rows is that prefix's sum plus the last row alone (eps smoothing over T vs T-1 keys: < 1e-5 nats).
+    lm = sharpened(tiny_models["tiny-llama"])
+    enc = encode(lm, [PROMPTS[1]])
+    last = torch.zeros_like(enc.attention_mask, dtype=torch.bool)
+    last[0, -1] = True
+
+    def run(ids: torch.Tensor, rows: torch.Tensor | None = None) -> EntropyResult:
+        with torch.no_grad(), attention_entropy(lm.model) as engine:
+            lm.model.base_model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False)
+            return engine.pop(rows).cpu()
+
+    full, only_last, prefix = run(enc.input_ids), run(enc.input_ids, last), run(enc.input_ids[:, :-1])
+    assert (int(full.n_rows[0]), int(only_last.n_rows[0])) == (enc.lengths[0], 1)
+    assert only_last.published is not None and full.published_sum is not None and prefix.published_sum is not None
+    np.testing.assert_allclose(full.published_sum, prefix.published_sum + only_last.published, atol=1e-5)
+    with pytest.raises(ValueError, match="no scored row"):
+        run(enc.input_ids, torch.zeros_like(last))
+
+
 def test_categories_are_data_keys(tiny_models: dict[str, LoadedModel]) -> None:
     lm = tiny_models["tiny-llama"]
     five = {**CATEGORIES, "third_person": ["How tall is she?"],
@@ -128,8 +155,28 @@ def test_a_model_against_itself_gives_zero_and_no_significant_layer(tiny_models:
     assert any("same weights" in note for note in result["notes"])
     heat = np.array(result["data"]["entropy_diff"]["values"])
     assert heat.shape == (lm.dims.n_layers, lm.dims.n_heads) and not heat.any()
-    boot = PROTOCOLS["control:prompt_level_ci"](ctx)["observed"]
-    assert boot["mean_drfc_ci_low"] == boot["mean_drfc_ci_high"] == 0.0 and boot["n_fdr_significant"] == 0
+    boot = PROTOCOLS["control:prompt_level_ci"](ctx)
+    assert boot["kind"] == "robustness" and "decision" not in boot
+    assert boot["observed"]["mean_drfc_ci_low"] == boot["observed"]["mean_drfc_ci_high"] == 0.0
+    assert boot["observed"]["n_fdr_significant"] == 0 and boot["data"]["flip_p"] == [1.0] * lm.dims.n_layers
+
+
+def test_chat_template_control_of_one_model_against_itself_is_zero(tiny_models: dict[str, LoadedModel],
+                                                                  bank: PromptBank) -> None:
+    # Issue 10 section 1: with only the instruct arm templated, one tiny model as base and instruct (true effect
+    # 0) gave dRFC = -0.1006 here, about the published Mistral effect, while as_published gave 0.0000; the
+    # control "passed" the compression claims with no effect. Both arms are now templated and scored on the
+    # same rows, so every figure is exactly 0 and the control cannot pass.
+    ctx = self_pair(tiny_models["tiny-mistral"], bank)
+    assert PROTOCOLS["as_published"](ctx)["observed"]["mean_drfc"] == 0.0
+    result = PROTOCOLS["control:chat_template"](ctx)
+    check(result)
+    obs = result["observed"]
+    assert (obs["mean_drfc"], obs["mean_drfc_ci_low"], obs["mean_drfc_ci_high"]) == (0.0, 0.0, 0.0)
+    assert (obs["did_drfc"], obs["did_drfc_ci_low"], obs["did_drfc_ci_high"]) == (0.0, 0.0, 0.0)
+    assert obs["mean_tokens_templated"] > obs["mean_tokens_raw"] and obs["mean_rows_scored"] < obs[
+        "mean_tokens_templated"]
+    assert result["decision"] == "fail" and result["passed"] is False  # CI [0, 0]: no compression at all
 
 
 def test_result_data_is_drawn_by_the_report(tiny_models: dict[str, LoadedModel], bank: PromptBank) -> None:
@@ -145,13 +192,16 @@ def test_result_data_is_drawn_by_the_report(tiny_models: dict[str, LoadedModel],
     assert len(drawn.figures) == 3
 
 
-def test_heads_counted_as_published_caps_at_28_only() -> None:
-    assert published_heads_counted(32) == (28, None)
-    assert published_heads_counted(28) == (28, None)
-    counted, note = published_heads_counted(9)
+CAP = get_claim("rfc_instruct_compresses_mistral").protocol["published_heads_counted"]
+
+
+def test_heads_counted_as_published_caps_at_the_sources_count_only() -> None:
+    assert published_heads_counted(CAP + 4, CAP) == (CAP, None)
+    assert published_heads_counted(CAP, CAP) == (CAP, None)
+    counted, note = published_heads_counted(9, CAP)
     assert counted == 9 and note is not None and "only 9 query heads" in note
     with pytest.raises(ValueError, match="n_heads=0"):
-        published_heads_counted(0)
+        published_heads_counted(0, CAP)
 
 
 def test_all_heads_counts_the_config_and_as_published_the_first_28() -> None:
@@ -161,41 +211,75 @@ def test_all_heads_counts_the_config_and_as_published_the_first_28() -> None:
             for k in (SELF, NEUTRAL, CONFOUNDER)}
     shifted = {k: PromptEntropies(c.head_means * (0.9 if k == SELF else 1.0), tokens)
                for k, c in cats.items()}
-    capped = summarise(compare_pair(cats, shifted, published_heads_counted(32)[0]))
+    capped = summarise(compare_pair(cats, shifted, published_heads_counted(32, CAP)[0]))
     everything = summarise(compare_pair(cats, shifted, None))
-    assert (capped["heads_counted"], everything["heads_counted"]) == (28, 32)
+    assert (capped["heads_counted"], everything["heads_counted"]) == (CAP, 32)
     assert capped["mean_drfc"] != everything["mean_drfc"]
 
 
-def test_all_heads_control_reads_heads_from_the_config(tiny_models: dict[str, LoadedModel],
-                                                       bank: PromptBank) -> None:
+def with_control(ctx: RoleContext, name: str, **changes: object) -> RoleContext:
+    """The context with [controls.<name>] (or [protocol] for name "protocol") changed, the claim file untouched."""
+    claim = ctx.claim
+    if name == "protocol":
+        claim = dataclasses.replace(claim, protocol={**claim.protocol, **changes})
+    else:
+        claim = dataclasses.replace(claim, controls={**claim.controls, name: {**claim.control(name), **changes}})
+    return dataclasses.replace(ctx, claim=claim)
+
+
+def test_all_heads_is_dropped_where_it_would_repeat_as_published(tiny_models: dict[str, LoadedModel],
+                                                                 bank: PromptBank) -> None:
     lm = tiny_models["tiny-llama"]
     ctx = self_pair(lm, bank, "rfc_instruct_compresses_llama")
-    result = PROTOCOLS["control:all_heads"](ctx)
-    assert result["observed"]["heads_counted"] == lm.model.config.num_attention_heads
-    assert result["observed"]["heads_dropped_as_published"] == 0
+    result = PROTOCOLS["control:all_heads"](ctx)  # the tiny model has < 28 heads: as_published counts all
+    assert result["dropped"] and f"{lm.dims.n_heads} query heads" in result["dropped"]
+    assert result["passed"] is None and "decision" not in result and result["notes"][0].startswith("dropped")
+    capped = with_control(ctx, "protocol", published_heads_counted=2)  # the source's cap below the model's heads
+    counted = PROTOCOLS["control:all_heads"](capped)
+    check(counted)
+    assert "dropped" not in counted and counted["observed"]["heads_counted"] == lm.model.config.num_attention_heads
+    assert counted["observed"]["heads_dropped_as_published"] == lm.dims.n_heads - 2
+    assert PROTOCOLS["as_published"](capped)["observed"]["heads_counted"] == 2
 
 
-def test_chat_template_falls_back_to_a_minimal_template(tiny_models: dict[str, LoadedModel]) -> None:
+def test_raw_format_scores_every_row_and_the_template_only_the_prompt(tiny_models: dict[str, LoadedModel]) -> None:
     lm = tiny_models["tiny-mistral"]
     assert not getattr(lm.tokenizer, "chat_template", None)
-    encoder, note = chat_encoder(lm)
-    assert "no chat template" in note and repr(MINIMAL_TEMPLATE) in note
-    enc = encoder(lm, ["Who are you?"])
-    text = lm.tokenizer.decode(enc.input_ids[0], skip_special_tokens=True)
+    template = chat_format(lm)
+    assert "no chat template" in template.note and repr(MINIMAL_TEMPLATE) in template.note
+    encode, name = template.encoder("prompt")
+    enc = encode(lm, ["Who are you?", "What is rain?"])
+    assert isinstance(enc, ScoredEncoded) and name == "minimal_template/prompt"
+    first = enc.input_ids[0, : enc.lengths[0]]
+    text = lm.tokenizer.decode(first, skip_special_tokens=True)
     assert text.replace(" ", "") == MINIMAL_TEMPLATE.format(prompt="Who are you?").replace(" ", "")
-    assert int(enc.input_ids[0, 0]) == lm.tokenizer.bos_token_id
+    assert int(first[0]) == lm.tokenizer.bos_token_id
+    scored = lm.tokenizer.decode(first[enc.rows[0, : enc.lengths[0]]], skip_special_tokens=True)
+    assert scored.strip() == "Who are you?" and bool(enc.rows[0, 0])  # BOS and the prompt, no scaffolding
+    raw, _ = raw_format(lm).encoder("prompt")
+    assert raw(lm, ["Who are you?"]).rows.all()  # a raw prompt's rows are all the prompt's
 
 
-def test_chat_template_of_the_tokenizer_writes_bos_once(tiny_models: dict[str, LoadedModel]) -> None:
+def test_the_tokenizers_chat_template_writes_bos_once_and_scores_the_content(
+        tiny_models: dict[str, LoadedModel]) -> None:
     base = tiny_models["tiny-mistral"]
     tokenizer = copy.deepcopy(base.tokenizer)
     tokenizer.chat_template = "{% for m in messages %}<s>[INST] {{ m['content'] }} [/INST]{% endfor %}"
     lm = LoadedModel(base.spec, base.model, tokenizer, base.weights, base.resolved_revision, base.source)
-    encoder, note = chat_encoder(lm)
-    assert "the tokenizer's chat template" in note
-    ids = encoder(lm, ["Who are you?", "What is rain?"]).input_ids
-    assert (ids[:, 0] == tokenizer.bos_token_id).all() and (ids[:, 1] != tokenizer.bos_token_id).all()
+    template = chat_format(lm)
+    assert "the tokenizer's chat template" in template.note and template.prefix == "<s>[INST] "
+    enc = template.encoder("prompt")[0](lm, ["Who are you?", "What is rain?"])
+    assert (enc.input_ids[:, 0] == tokenizer.bos_token_id).all()
+    assert (enc.input_ids[:, 1] != tokenizer.bos_token_id).all()
+    for i, prompt in enumerate(["Who are you?", "What is rain?"]):
+        rows = enc.rows[i, 1:]
+        assert lm.tokenizer.decode(enc.input_ids[i, 1:][rows]).strip() == prompt
+    tokenizer.chat_template = "{% for m in messages %}[{{ m['content'] | replace('?', '!') }}]{% endfor %}"
+    with pytest.raises(ValueError, match=r"does not place the prompt 'Who\?' verbatim"):
+        chat_format(lm).text("Who?")
+    tokenizer.chat_template = "{% for m in messages %}{{ m['content'] }} {{ m['content'] }}{% endfor %}"
+    with pytest.raises(ValueError, match="wrote the user content 2 times"):
+        chat_format(lm)
 
 
 def test_match_token_counts_over_any_keys() -> None:
@@ -223,6 +307,19 @@ def test_graded_ablation_moves_only_what_follows(tiny_models: dict[str, LoadedMo
     assert last.downstream == () and last.record()["downstream_layers"] == 0
 
 
+def test_graded_ablation_is_measured_never_reproduced(tiny_models: dict[str, LoadedModel], bank: PromptBank) -> None:
+    # Issue 10 section 1: never run by its source and with no published figure, it showed "reproduced 1/1".
+    claim = get_claim("graded_head_ablation")
+    claim = dataclasses.replace(claim, protocol={**claim.protocol, "prompts_per_category": 3})
+    ctx = AblationContext(claim, tiny_models["tiny-mistral"], bank)
+    assert set(ABLATION) == {"measure", "measure:random_heads"}
+    results = [ABLATION[name](ctx) for name in ABLATION]
+    for result in results:
+        check(result)
+        assert result["kind"] == "measure" and result["passed"] is True and result["non_diagnostic"]
+    assert verdict(results, Declared(controls=tuple(claim.controls))).verdict == "measured"
+
+
 def test_targets_map_by_depth_and_modulo_heads(tiny_models: dict[str, LoadedModel]) -> None:
     lm = tiny_models["tiny-mistral"]
     claim = get_claim("graded_head_ablation")
@@ -242,43 +339,83 @@ def test_fixture_claims_name_existing_banks() -> None:
         assert set(claim.protocol["categories"]) <= set(bank_for(claim).categories)
 
 
-def planted_pair(tiny_models: dict[str, LoadedModel], bank: PromptBank, self_factor: float) -> RoleContext:
+def planted_pair(tiny_models: dict[str, LoadedModel], bank: PromptBank, self_factor: float, noise: float = 0.0,
+                 prompts: int | None = None) -> RoleContext:
     """A base and a stand-in "instruct" whose measured entropies are synthetic: the instruct self-prompt
-    entropies are the base's times `self_factor`. The runs go into the context's cache, so no forward runs."""
+    entropies (both variants) are the base's times `self_factor`, times 1 + noise * z per prompt (z standard
+    normal, centred so that the sample effect is the planted one). Layer 0's published neutral entropy is
+    near 0 in both (an unstable RFC denominator). The runs go into the context's cache, so no forward runs;
+    `prompts` shortens each category."""
     base = tiny_models["tiny-mistral"]
     instruct = dataclasses.replace(base, spec=dataclasses.replace(base.spec, id="planted-instruct"),
                                    resolved_revision="planted")
     ctx = RoleContext(get_claim("rfc_instruct_compresses_mistral"), instruct, base, bank, seed=1)
+    if prompts is not None:
+        ctx = with_control(ctx, "protocol", prompts_per_category=prompts)
     rng = np.random.default_rng(5)
     categories = ctx.categories()
     shape = (len(categories[SELF]), base.dims.n_layers, base.dims.n_heads)
     runs = {}
-    for name, prompts in categories.items():
+    for name, texts in categories.items():
         values = rng.uniform(1.0, 2.0, shape)
+        normalised = values * 0.5
+        if name == NEUTRAL:
+            values[:, 0] = 0.02
         tokens = rng.integers(5, 12, shape[0]).astype(float)
-        runs[name] = CategoryRun(tuple(prompts), tuple(range(shape[1])), values, values * 0.5,
-                                 np.full(shape, 0.3), tokens, tokens - 2)
-    planted = {k: dataclasses.replace(r, published=r.published * (self_factor if k == SELF else 1.0))
-               for k, r in runs.items()}
+        runs[name] = CategoryRun(tuple(texts), tuple(range(shape[1])), values, normalised,
+                                 np.full(shape, 0.3), tokens, tokens - 2, tokens)
+    z = rng.standard_normal(shape[0])
+    factor = self_factor * (1 + noise * (z - z.mean()))[:, None, None]
+    planted = {k: dataclasses.replace(r, published=r.published * factor, normalised=r.normalised * factor)
+               if k == SELF else r for k, r in runs.items()}
     for lm, measured in ((base, runs), (instruct, planted)):
         ctx.cache[RoleContext.key(lm, categories)] = measured
     return ctx
 
 
-@pytest.mark.parametrize(("self_factor", "compresses"), [(1.1, True), (0.9, False)])
-def test_a_planted_compression_is_found_by_the_protocols(tiny_models: dict[str, LoadedModel],
-                                                         bank: PromptBank, self_factor: float,
-                                                         compresses: bool) -> None:
+PLANTED = ("control:all_heads", "control:normalised_entropy", "control:unstable_layers_excluded")
+
+
+@pytest.mark.parametrize(("self_factor", "decision"), [(1.1, "pass"), (0.9, "fail")])
+def test_a_planted_compression_gets_its_decision(tiny_models: dict[str, LoadedModel], bank: PromptBank,
+                                                 self_factor: float, decision: str) -> None:
     # Higher instruct entropy on self prompts lowers its RFC = 1 - H_self/H_neutral: dRFC < 0, "compression".
-    ctx = planted_pair(tiny_models, bank, self_factor)
-    for protocol in ("as_published", "control:all_heads", "control:prompt_level_ci",
-                     "control:unstable_layers_excluded"):
+    ctx = with_control(planted_pair(tiny_models, bank, self_factor), "protocol", published_heads_counted=2)
+    published = PROTOCOLS["as_published"](ctx)
+    check(published)
+    assert published["passed"] is (decision == "pass")
+    for protocol in PLANTED:
         result = PROTOCOLS[protocol](ctx)
         check(result)
-        assert result["passed"] is compresses, (protocol, result["criterion_detail"])
-    boot = PROTOCOLS["control:prompt_level_ci"](ctx)["observed"]
-    assert boot["n_fdr_significant"] == ctx.base.dims.n_layers
-    assert (boot["mean_drfc_ci_high"] < 0) is compresses and (boot["mean_drfc_ci_low"] > 0) is not compresses
+        assert result["decision"] == decision and result["passed"] is (decision == "pass"), (
+            protocol, result["decision_reason"])
+        effect = result["effect"]
+        assert effect["published"] == ctx.claim.published["mean_drfc"] and effect["estimate"] == result[
+            "observed"]["mean_drfc"]
+        assert (effect["ci_high"] < 0) is (decision == "pass") and (effect["ci_low"] > 0) is (decision == "fail")
+    unstable = PROTOCOLS["control:unstable_layers_excluded"](ctx)["observed"]
+    assert unstable["n_excluded_layers"] == 1 and unstable["n_layers_kept"] == ctx.base.dims.n_layers - 1
+
+
+def test_half_the_published_effect_on_few_prompts_is_underpowered(tiny_models: dict[str, LoadedModel],
+                                                                  bank: PromptBank) -> None:
+    # Issue 10 section 4: a real effect at half the published size with small n must read `underpowered`,
+    # with the n that would tell, never `fragile`.
+    half = abs(get_claim("rfc_instruct_compresses_mistral").published["mean_drfc"]) / 2
+    ctx = planted_pair(tiny_models, bank, 1 + half, noise=0.2, prompts=8)
+    results = [PROTOCOLS[p](ctx) for p in ("as_published", "control:normalised_entropy",
+                                            "control:unstable_layers_excluded")]
+    for result in results:
+        check(result)
+    controls = results[1:]
+    assert [r["decision"] for r in controls] == ["underpowered", "underpowered"], [r["decision_reason"]
+                                                                                   for r in controls]
+    assert all(r["n_needed"] > 8 and "underpowered" in " ".join(r["notes"]) for r in controls)
+    declared = Declared(as_published=("as_published",),
+                        controls=("normalised_entropy", "unstable_layers_excluded"))
+    assert verdict(results, declared).verdict == "underpowered"
+    assert verdict(results, dataclasses.replace(declared, controls=("all_heads", *declared.controls))
+                   ).verdict == "inconclusive"  # a declared control that did not run
 
 
 def test_too_few_token_matched_prompts_is_inconclusive(tiny_models: dict[str, LoadedModel],

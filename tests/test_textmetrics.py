@@ -8,9 +8,8 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from harness.analysis.textmetrics import (
-    COLLAPSE_MIN_UNIQUE_WORDS,
-    LOOP_PHRASES,
     CompletionMetrics,
+    RepetitionCheck,
     completion_metrics,
     distinct_n,
     longest_run,
@@ -19,6 +18,20 @@ from harness.analysis.textmetrics import (
     repeated_ngram_rate,
     token_fraction,
 )
+from harness.claimkit.registry import get_claim
+
+# The detectors' published constants come from the claims' files (no published number in a test body).
+L31 = get_claim("l31_ablation_repetition").protocol
+MIN_UNIQUE_WORDS = get_claim("residual_patch_collapse").protocol["collapse_min_unique_words"]
+
+
+def detect(text: str, rule: str = "complete") -> RepetitionCheck:
+    """The published repetition detector with the claim's ratio and the rule's loop phrases."""
+    return published_repetition(text, rule, L31["detector_ratio"], L31["loop_phrases"][rule])  # type: ignore[arg-type]
+
+
+def collapse(text: str) -> bool:
+    return published_collapse(text, MIN_UNIQUE_WORDS)
 
 # Strategies at module level: any text with at least one whitespace word, token-id sequences, word lists.
 texts_with_a_word = st.text().filter(lambda s: len(s.split()) > 0)
@@ -37,7 +50,7 @@ ngram_sizes = st.integers(min_value=1, max_value=4)
 @example(" \t only-one-word \n")
 def test_published_rule_accepts_any_nonempty_text(text: str) -> None:
     """W-A2: complete.py's rule holds for any text with a word: len(w) >= len(set(w)) > 0.8*len(set(w))."""
-    check = published_repetition(text, rule="complete")
+    check = detect(text, "complete")
     assert check.word_rule_fired
     assert check.fired
     assert "repetition" in check.fired_checks
@@ -46,7 +59,7 @@ def test_published_rule_accepts_any_nonempty_text(text: str) -> None:
 @pytest.mark.parametrize("text", ["", "   ", "\n\t "])
 def test_published_rule_is_silent_without_words(text: str) -> None:
     for rule in ("complete", "corrected"):
-        check = published_repetition(text, rule=rule)
+        check = detect(text, rule)
         assert not check.fired
         assert check.fired_checks == ()
         assert check.n_words == 0
@@ -54,14 +67,14 @@ def test_published_rule_is_silent_without_words(text: str) -> None:
 
 @given(st.lists(st.text(alphabet="abcdefgh", min_size=1, max_size=6), min_size=1, max_size=20))
 def test_corrected_rule_fires_exactly_when_a_word_repeats(word_list: list[str]) -> None:
-    check = published_repetition(" ".join(word_list), rule="corrected")
+    check = detect(" ".join(word_list), "corrected")
     assert check.word_rule_fired == (len(set(word_list)) < len(word_list))
     assert (check.n_words, check.n_unique_words) == (len(word_list), len(set(word_list)))
 
 
 def test_corrected_rule_is_case_sensitive_like_the_source() -> None:
-    assert not published_repetition("The cat saw the dog", rule="corrected").word_rule_fired
-    assert published_repetition("the cat saw the dog", rule="corrected").word_rule_fired
+    assert not detect("The cat saw the dog", "corrected").word_rule_fired
+    assert detect("the cat saw the dog", "corrected").word_rule_fired
 
 
 @pytest.mark.parametrize(
@@ -77,32 +90,32 @@ def test_corrected_rule_is_case_sensitive_like_the_source() -> None:
     ],
 )
 def test_loop_phrases_are_matched_case_insensitively(text: str, rule: str, expected: tuple[str, ...]) -> None:
-    check = published_repetition(text, rule=rule)  # type: ignore[arg-type]
+    check = detect(text, rule)
     assert check.phrases_found == expected
     assert check.loop_phrase_found == bool(expected)
     assert tuple(name for name in check.fired_checks if name != "repetition") == expected
 
 
 def test_corrected_phrases_extend_complete_phrases() -> None:
-    assert set(LOOP_PHRASES["complete"]) < set(LOOP_PHRASES["corrected"])
+    assert set(L31["loop_phrases"]["complete"]) < set(L31["loop_phrases"]["corrected"])
 
 
 def test_unknown_rule_names_the_value_and_the_choices() -> None:
     with pytest.raises(ValueError, match=r"'strict'.*complete.*corrected"):
-        published_repetition("some text", rule="strict")  # type: ignore[arg-type]
+        published_repetition("some text", "strict", 0.5, ())  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("bad", [b"bytes text", [1, 2, 3], None])
 def test_detectors_reject_non_text_with_the_fix(bad: object) -> None:
     with pytest.raises(TypeError, match="decode"):
-        published_repetition(bad)  # type: ignore[arg-type]
+        detect(bad)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="decode"):
-        published_collapse(bad)  # type: ignore[arg-type]
+        collapse(bad)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("completion", ["", "   ", "\n\n"])
 def test_empty_completion_counts_as_collapse(completion: str) -> None:
-    assert published_collapse(completion)
+    assert collapse(completion)
 
 
 @pytest.mark.parametrize(
@@ -117,13 +130,13 @@ def test_empty_completion_counts_as_collapse(completion: str) -> None:
     ],
 )
 def test_published_collapse_known_cases(completion: str, collapsed: bool) -> None:
-    assert published_collapse(completion) is collapsed
+    assert collapse(completion) is collapsed
 
 
 @given(words)
 def test_published_collapse_counts_unique_words(word_list: list[str]) -> None:
     text = " ".join(word_list)
-    assert published_collapse(text) == (len(set(word_list)) < COLLAPSE_MIN_UNIQUE_WORDS)
+    assert collapse(text) == (len(set(word_list)) < MIN_UNIQUE_WORDS)
 
 
 # --- calibrated metrics -----------------------------------------------------------------------------------

@@ -8,10 +8,11 @@ pattern, since the head's output is its pattern times its values. Entropy and RF
 layers AFTER the ablated one and compared with an unablated run on the same prompts. The ablated layer's own
 entropy must not move at all (its attention runs before the edit): that is checked, not assumed.
 
-There is no published figure. `as_published` records the effect sizes and its criterion is only that the
-experiment is well formed; `random_heads` ablates other heads of the same layers for scale. Both results are
-marked non-diagnostic. Targets are mapped to smaller models by relative depth (layers) and modulo the head
-count (heads), with a note.
+There is no published figure, so nothing here can be reproduced: both protocols are of kind `measure`
+(verdict `measured`). `measure` runs the plan and records the effect sizes; its criterion is only that the
+experiment is well formed; `measure:random_heads` ablates other heads of the same layers for scale. Both
+results are also marked non-diagnostic. Targets are mapped to smaller models by relative depth (layers) and
+modulo the head count (heads), with a note.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import numpy as np
 from harness.analysis.entropy import Array
 from harness.analysis.rfc import category_entropy, layer_metric
 from harness.analysis.stats import nan_mean
+from harness.claimkit.params import Schema
 from harness.claimkit.prompts import PromptBank
 from harness.claimkit.registry import Claim
 from harness.claimkit.results import protocol_result
@@ -32,6 +34,12 @@ from harness.claimkit.role import CategoryRun, entropies, measure
 from harness.engine.interventions import scale_heads
 from harness.engine.models import LoadedModel
 from harness.engine.sites import map_layer
+
+SCHEMA = Schema(
+    protocol={"targets": list[list[int]], "published_n_heads": int, "factors": list[float], "site": str,
+              "categories": list[str], "prompts_per_category": int, "chat_template": bool, "min_effect": float},
+    controls={"random_heads": {"n_random": int, "factor": float}},
+)
 
 
 @dataclass(frozen=True)
@@ -168,7 +176,8 @@ def _result(ctx: AblationContext, protocol: str, kind: str, criterion: Mapping[s
     data: dict[str, Any] = {"effects": [e.record() for e in effects]}
     for factor in sorted({e.factor for e in effects}):
         data[f"delta_rfc_by_layer_x{factor:g}"] = delta_profile(effects, ctx.lm.dims.n_layers, factor)
-    notes = (*notes, "no published figure: the criterion checks well-formedness only (non-diagnostic)")
+    notes = (*notes, "no published figure: a measurement, not a reproduction; the criterion checks "
+             "well-formedness only (non-diagnostic)")
     exclusions = {"no_downstream_layer": no_downstream} if no_downstream else {}
     published = {k: v for k, v in ctx.claim.published.items() if not isinstance(v, str)}
     return protocol_result(ctx.claim, protocol, kind, dict(criterion), observed, lm=ctx.lm, banks=(ctx.bank,),
@@ -176,12 +185,12 @@ def _result(ctx: AblationContext, protocol: str, kind: str, criterion: Mapping[s
                            data=data, published=published)
 
 
-def as_published(ctx: AblationContext) -> dict[str, Any]:
+def planned(ctx: AblationContext) -> dict[str, Any]:
     """The planned experiment: every target at every factor, effects measured downstream."""
     targets, notes = map_targets(ctx.claim, ctx.lm)
     clean = ctx.clean()
     effects = ctx.effects(clean, targets, ctx.claim.protocol["factors"])
-    return _result(ctx, "as_published", "as_published", ctx.claim.criteria["as_published"], effects, notes,
+    return _result(ctx, "measure", "measure", ctx.claim.criteria["measure"], effects, notes,
                    {k: len(r.prompts) for k, r in clean.items()})
 
 
@@ -198,12 +207,12 @@ def random_heads(ctx: AblationContext) -> dict[str, Any]:
         chosen += [Target((layer, int(h)), layer, int(h)) for h in picks]
     clean = ctx.clean()
     effects = ctx.effects(clean, chosen, [control["factor"]])
-    return _result(ctx, "control:random_heads", "control", control["criterion"], effects,
+    return _result(ctx, "measure:random_heads", "measure", control["criterion"], effects,
                    (*notes, f"random heads (seed {ctx.seed}): {', '.join(t.label for t in chosen)}"),
                    {k: len(r.prompts) for k, r in clean.items()})
 
 
 PROTOCOLS: dict[str, Callable[[AblationContext], dict[str, Any]]] = {
-    "as_published": as_published,
-    "control:random_heads": random_heads,
+    "measure": planned,
+    "measure:random_heads": random_heads,
 }

@@ -10,9 +10,9 @@ import pytest
 
 from harness.claimkit.results import check
 
-from .protocols import PROTOCOLS, AblationContext
+from .protocols import PROTOCOLS, SCHEMA, AblationContext
 
-pytestmark = pytest.mark.claim("graded_head_ablation")
+pytestmark = pytest.mark.claim("graded_head_ablation", schema=SCHEMA)
 
 
 @pytest.fixture(scope="module")

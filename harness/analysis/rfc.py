@@ -115,11 +115,11 @@ def layer_metric(cats: Mapping[str, PromptEntropies], metric: Metric = "rfc",
 
 
 def t_interval(center: Array, scale: Array, df: int, confidence: float = 0.95) -> tuple[Array, Array]:
-    """center -+ t((1+confidence)/2, df) * scale, as scipy's t.interval(confidence, df, loc, scale)."""
+    """scipy.stats.t.interval(confidence, df, loc=center, scale=scale), with a clear error for df < 1."""
     if df < 1:
         raise ValueError(f"df={df}: a t-interval needs df >= 1 (at least two heads or prompts)")
-    half = stats.t.ppf((1.0 + confidence) / 2.0, df) * scale
-    return center - half, center + half
+    low, high = stats.t.interval(confidence, df, loc=center, scale=scale)
+    return np.asarray(low, dtype=np.float64), np.asarray(high, dtype=np.float64)
 
 
 @dataclass(frozen=True)
@@ -240,57 +240,6 @@ def unstable_denominator(rfc_values: object, h_neutral: object | None = None,
 
 
 @dataclass(frozen=True)
-class BootstrapResult:
-    """Prompt-level paired bootstrap of a per-layer instruct - base difference; `draws` is (n_boot, layer)."""
-
-    observed: Array
-    ci_low: Array
-    ci_high: Array
-    p_value: Array
-    n_boot: int
-    seed: int
-    draws: Array
-
-
-def _paired_sizes(base: Mapping[str, PromptEntropies],
-                  instruct: Mapping[str, PromptEntropies]) -> dict[str, int]:
-    sizes = {}
-    for k in sorted(set(base) | set(instruct)):
-        sizes[k] = _category(base, k).n_tokens.size
-        if _category(instruct, k).n_tokens.size != sizes[k]:
-            raise ValueError(f"category {k!r}: base has {sizes[k]} prompts, instruct "
-                             f"{instruct[k].n_tokens.size}; run the same prompts through both models")
-    return sizes
-
-
-def paired_bootstrap_diff(base: Mapping[str, PromptEntropies], instruct: Mapping[str, PromptEntropies], *,
-                          metric: Metric = "rfc", aggregation: Aggregation = "pooled",
-                          heads_counted: int | None = None, n_boot: int = 2000, seed: int = 0,
-                          confidence: float = 0.95) -> BootstrapResult:
-    """Per-layer instruct - base `metric`, resampling prompt indices per category with Generator(seed).
-
-    Each draw takes the same prompt indices for both models (paired). CI: percentile. p: two-sided,
-    2 * (1 + #draws on the far side of 0) / (n_boot + 1), capped at 1 (a valid input to `benjamini_hochberg`).
-    """
-    sizes = _paired_sizes(base, instruct)
-    if n_boot < 1:
-        raise ValueError(f"n_boot={n_boot}; pass a positive number of bootstrap draws (e.g. 2000)")
-
-    def diff(idx: Mapping[str, npt.NDArray[np.int64]]) -> Array:
-        b, i = ({k: cats[k].take(idx[k]) for k in sizes} for cats in (base, instruct))
-        return (layer_metric(i, metric, aggregation, heads_counted)
-                - layer_metric(b, metric, aggregation, heads_counted))
-
-    rng = np.random.default_rng(seed)
-    observed = diff({k: np.arange(n) for k, n in sizes.items()})
-    draws = np.stack([diff({k: rng.integers(0, n, n) for k, n in sizes.items()}) for _ in range(n_boot)])
-    low, high = np.quantile(draws, [(1 - confidence) / 2, (1 + confidence) / 2], axis=0)
-    tail = np.minimum((draws <= 0).sum(0), (draws >= 0).sum(0))
-    p = np.minimum(1.0, 2.0 * (1.0 + tail) / (n_boot + 1.0))
-    return BootstrapResult(observed, low, high, p, n_boot, seed, draws)
-
-
-@dataclass(frozen=True)
 class FDRResult:
     """Benjamini-Hochberg adjusted p-values and rejections at `alpha`, in input order."""
 
@@ -300,52 +249,12 @@ class FDRResult:
 
 
 def benjamini_hochberg(p_values: object, alpha: float = 0.05) -> FDRResult:
-    """BH step-up over the layers: adjusted p_(i) = min_{j>=i} p_(j) m / j, capped at 1."""
+    """scipy.stats.false_discovery_control (BH) over the layers, and which layers it rejects at `alpha`."""
     p = checked(p_values, "p_values", "(layer,)")
     if ((p < 0) | (p > 1)).any():
         raise ValueError(f"p_values must lie in [0, 1]; got min {p.min()}, max {p.max()}")
-    order = np.argsort(p)
-    scaled = p[order] * p.size / np.arange(1, p.size + 1)
-    adjusted = np.empty_like(p)
-    adjusted[order] = np.minimum(1.0, np.minimum.accumulate(scaled[::-1])[::-1])
+    adjusted = np.asarray(stats.false_discovery_control(p, method="bh"), dtype=np.float64)
     return FDRResult(adjusted, adjusted <= alpha, alpha)
-
-
-@dataclass(frozen=True)
-class ProfileCorrelation:
-    """Correlation of two per-layer profiles, with a circular-shift null for the Pearson r (W-B6)."""
-
-    pearson_r: float
-    pearson_p: float
-    spearman_rho: float
-    spearman_p: float
-    shift_p: float
-    n_layers: int
-
-
-def _profiles(x: object, y: object) -> tuple[Array, Array]:
-    a, b = checked(x, "x", "(layer,)"), checked(y, "y", "(layer,)")
-    if a.shape != b.shape or a.size < 3:
-        raise ValueError(f"profiles have {a.size} and {b.size} layers; correlate >= 3 layers of equal count "
-                         "(families with different depths cannot be paired layer by layer)")
-    if np.ptp(a) == 0 or np.ptp(b) == 0:
-        raise ValueError("a profile is constant, so its correlation is undefined; check the input table")
-    return a, b
-
-
-def circular_shift_p(x: object, y: object) -> float:
-    """Share of all n cyclic shifts of y (the identity included) whose |Pearson r| with x >= the observed."""
-    a, b = _profiles(x, y)
-    r = np.array([np.corrcoef(a, np.roll(b, s))[0, 1] for s in range(a.size)])
-    return float(np.mean(np.abs(r) >= np.abs(r[0]) - 1e-12))
-
-
-def correlate_profiles(x: object, y: object) -> ProfileCorrelation:
-    """Pearson and Spearman (scipy) between two dRFC profiles, plus the circular-shift p."""
-    a, b = _profiles(x, y)
-    pearson, spearman = stats.pearsonr(a, b), stats.spearmanr(a, b)
-    return ProfileCorrelation(float(pearson.statistic), float(pearson.pvalue), float(spearman.statistic),
-                              float(spearman.pvalue), circular_shift_p(a, b), a.size)
 
 
 def cohens_d(a: object, b: object) -> Array:

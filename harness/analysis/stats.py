@@ -36,17 +36,25 @@ def _arr(x: Sequence[float], name: str, minimum: int = 2) -> np.ndarray:
     return a
 
 
+def t_test_rows(a: np.ndarray, b: np.ndarray, equal_var: bool,
+                alternative: str = "greater") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(statistic, p, df) of scipy's ttest_ind along the last axis: one test per row of (draws, n) arrays, the
+    same code path for one sample and for many (calibration draws)."""
+    res = sps.ttest_ind(a, b, axis=-1, equal_var=equal_var, alternative=alternative)
+    return np.asarray(res.statistic), np.asarray(res.pvalue), np.asarray(res.df)
+
+
 def student_t(a: Sequence[float], b: Sequence[float], alternative: str = "greater") -> TestResult:
     """scipy ttest_ind with equal variances: the source's test (one-sided, df = n_a + n_b - 2)."""
     x, y = _arr(a, "a"), _arr(b, "b")
-    res = sps.ttest_ind(x, y, equal_var=True, alternative=alternative)
-    return TestResult("student_t", float(res.statistic), float(res.pvalue), x.size + y.size - 2.0, alternative)
+    stat, p, _ = t_test_rows(x, y, True, alternative)
+    return TestResult("student_t", float(stat), float(p), x.size + y.size - 2.0, alternative)
 
 
 def welch_t(a: Sequence[float], b: Sequence[float], alternative: str = "greater") -> TestResult:
     x, y = _arr(a, "a"), _arr(b, "b")
-    res = sps.ttest_ind(x, y, equal_var=False, alternative=alternative)
-    return TestResult("welch_t", float(res.statistic), float(res.pvalue), float(res.df), alternative)
+    stat, p, df = t_test_rows(x, y, False, alternative)
+    return TestResult("welch_t", float(stat), float(p), float(df), alternative)
 
 
 def mann_whitney(a: Sequence[float], b: Sequence[float], alternative: str = "greater") -> TestResult:
@@ -111,13 +119,114 @@ def cohens_d(a: Sequence[float], b: Sequence[float]) -> float:
 
 def bootstrap_mean_diff_ci(a: Sequence[float], b: Sequence[float], level: float = 0.95, n_resamples: int = 5000,
                            seed: int = 0) -> tuple[float, float]:
-    """Percentile bootstrap CI of mean(a) - mean(b), resampling each group independently (seeded)."""
+    """Percentile bootstrap CI of mean(a) - mean(b), each group resampled on its own (scipy.stats.bootstrap,
+    seeded)."""
     x, y = _arr(a, "a"), _arr(b, "b")
+    res = sps.bootstrap((x, y), lambda u, v, axis: np.mean(u, axis=axis) - np.mean(v, axis=axis),
+                        n_resamples=n_resamples, confidence_level=level, method="percentile", vectorized=True,
+                        paired=False, rng=np.random.default_rng(seed))
+    return float(res.confidence_interval.low), float(res.confidence_interval.high)
+
+
+@dataclass(frozen=True)
+class Interval:
+    """An estimate with its two-sided confidence interval and the standard error it rests on."""
+
+    estimate: float
+    low: float
+    high: float
+    se: float
+    df: float
+    confidence: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def mean_ci_rows(diffs: np.ndarray, confidence: float) -> tuple[np.ndarray, ...]:
+    """(estimate, low, high, se, df) per row of a (draws, n) array of paired differences: the t interval of
+    scipy ttest_1samp(...).confidence_interval. A row whose differences are all equal gets that value as its
+    interval (no spread, nothing to be uncertain about)."""
+    d = np.atleast_2d(np.asarray(diffs, dtype=float))  # (draws, n)
+    n = d.shape[-1]
+    mean, se = d.mean(-1), d.std(-1, ddof=1) / math.sqrt(n)
+    spread = se > 0
+    low, high = mean.copy(), mean.copy()
+    if spread.any():
+        ci = sps.ttest_1samp(d[spread], 0.0, axis=-1).confidence_interval(confidence)
+        low[spread], high[spread] = ci.low, ci.high
+    return mean, low, high, se, np.full(mean.shape, n - 1.0)
+
+
+def mean_diff_ci_rows(a: np.ndarray, b: np.ndarray, confidence: float,
+                      equal_var: bool = False) -> tuple[np.ndarray, ...]:
+    """(estimate, low, high, se, df) of mean(a) - mean(b) per row: the t interval of scipy
+    ttest_ind(...).confidence_interval, Welch by default, Student with `equal_var`."""
+    x, y = np.atleast_2d(np.asarray(a, dtype=float)), np.atleast_2d(np.asarray(b, dtype=float))  # (draws, n)
+    nx, ny = x.shape[-1], y.shape[-1]
+    estimate = x.mean(-1) - y.mean(-1)
+    vx, vy = x.var(-1, ddof=1), y.var(-1, ddof=1)
+    pooled = ((nx - 1) * vx + (ny - 1) * vy) / (nx + ny - 2)
+    se = np.sqrt(pooled * (1 / nx + 1 / ny)) if equal_var else np.sqrt(vx / nx + vy / ny)
+    spread = se > 0
+    low, high = estimate.copy(), estimate.copy()
+    df = np.full(estimate.shape, nx + ny - 2.0)
+    if spread.any():
+        res = sps.ttest_ind(x[spread], y[spread], axis=-1, equal_var=equal_var)
+        ci = res.confidence_interval(confidence)
+        low[spread], high[spread], df[spread] = ci.low, ci.high, res.df
+    return estimate, low, high, se, df
+
+
+def mean_ci(diffs: Sequence[float], confidence: float) -> Interval:
+    """The mean of paired differences with its t interval (`mean_ci_rows` on one row)."""
+    mean, low, high, se, df = (v[0] for v in mean_ci_rows(_arr(diffs, "differences"), confidence))
+    return Interval(float(mean), float(low), float(high), float(se), float(df), confidence)
+
+
+def mean_diff_ci(a: Sequence[float], b: Sequence[float], confidence: float, equal_var: bool = False) -> Interval:
+    """mean(a) - mean(b) with its t interval (`mean_diff_ci_rows` on one row): Welch by default."""
+    est, low, high, se, df = (v[0] for v in mean_diff_ci_rows(_arr(a, "a"), _arr(b, "b"), confidence, equal_var))
+    return Interval(float(est), float(low), float(high), float(se), float(df), confidence)
+
+
+def stratum_permutation_ci(treated: Sequence[Sequence[float]], reference: Sequence[float], confidence: float,
+                           n_resamples: int = 10_000, seed: int = 0,
+                           bounds: tuple[float, float] = (-math.inf, math.inf)) -> Interval:
+    """mean over strata of (mean(treated_s) - reference_s), with an interval from its within-stratum label
+    permutation distribution (seeded).
+
+    Each stratum (a target prompt) holds k treated values (e.g. patched generations) and one reference value
+    (its unpatched generation). Under the null that the k + 1 labels are exchangeable within each stratum,
+    the reference is a uniformly drawn one of the k + 1 values: the statistic's permutation distribution is
+    exact there, so "low > 0" is an exact one-sided test at (1 - confidence) / 2 even for skewed, lattice data
+    (rare collapses), where a t interval is not. The interval is the estimate minus the quantiles of that
+    centred distribution (a location-shift inversion: exact at 0, approximate elsewhere), clipped to `bounds`.
+    """
+    if len(treated) != len(reference) or len(reference) < 2:
+        raise ValueError(f"stratum_permutation_ci needs one reference per stratum and at least 2 strata; got "
+                         f"{len(treated)} treated groups and {len(reference)} references")
     rng = np.random.default_rng(seed)
-    xs = rng.choice(x, size=(n_resamples, x.size)).mean(1)
-    ys = rng.choice(y, size=(n_resamples, y.size)).mean(1)
-    lo, hi = np.quantile(xs - ys, [(1 - level) / 2, (1 + level) / 2])
-    return float(lo), float(hi)
+    nulls = np.zeros(n_resamples)
+    estimate = 0.0
+    for values, ref in zip(treated, reference, strict=True):
+        pooled = np.append(_arr(values, "treated", minimum=1), float(ref))  # (k + 1,)
+        k = pooled.size - 1
+        estimate += pooled[:k].mean() - pooled[k]
+        drawn = pooled[rng.integers(0, k + 1, size=n_resamples)]  # the value labelled "reference"
+        nulls += (pooled.sum() - drawn) / k - drawn
+    n = len(reference)
+    estimate, nulls = estimate / n, nulls / n
+    tail = (1 - confidence) / 2
+    # the null is centred at 0 by construction (each stratum's permuted statistic has mean 0); its quantiles
+    # are taken at atoms ("lower" and "higher"), never interpolated between them, so low > 0 is exact
+    lo_q = float(np.quantile(nulls, tail, method="lower"))
+    hi_q = float(np.quantile(nulls, 1 - tail, method="higher"))
+    # a very discrete null can put both quantiles on one side of 0: the interval still holds the estimate, and
+    # never leaves the values the difference can take (`bounds`, e.g. [-1, 1] for rates)
+    low = min(max(estimate - hi_q, bounds[0]), estimate)
+    high = max(min(estimate - lo_q, bounds[1]), estimate)
+    return Interval(float(estimate), float(low), float(high), float(nulls.std()), float(n - 1), confidence)
 
 
 @dataclass(frozen=True)
@@ -127,10 +236,18 @@ class Regression:
     t: tuple[float, ...]
     p: tuple[float, ...]
     df: int
+    se: tuple[float, ...] = ()
+    resid_sd: float = float("nan")  # sqrt(residual sum of squares / df)
 
     def term(self, name: str) -> dict[str, float]:
         i = self.names.index(name)
-        return {"coef": self.coef[i], "t": self.t[i], "p": self.p[i]}
+        return {"coef": self.coef[i], "t": self.t[i], "p": self.p[i], "se": self.se[i]}
+
+    def interval(self, name: str, confidence: float) -> Interval:
+        """The coefficient's t interval (scipy.stats.t.interval, df = n - columns)."""
+        i = self.names.index(name)
+        low, high = sps.t.interval(confidence, self.df, loc=self.coef[i], scale=self.se[i])
+        return Interval(self.coef[i], float(low), float(high), self.se[i], float(self.df), confidence)
 
 
 def ols(y: Sequence[float], columns: dict[str, Sequence[float]]) -> Regression:
@@ -144,9 +261,11 @@ def ols(y: Sequence[float], columns: dict[str, Sequence[float]]) -> Regression:
     coef, *_ = np.linalg.lstsq(design, target, rcond=None)
     resid = target - design @ coef
     cov = (resid @ resid / df) * np.linalg.inv(design.T @ design)
-    t = coef / np.sqrt(np.diag(cov))
+    se = np.sqrt(np.diag(cov))
+    t = coef / se
     p = 2 * sps.t.sf(np.abs(t), df)
-    return Regression(names, tuple(map(float, coef)), tuple(map(float, t)), tuple(map(float, p)), int(df))
+    return Regression(names, tuple(map(float, coef)), tuple(map(float, t)), tuple(map(float, p)), int(df),
+                      tuple(map(float, se)), float(math.sqrt(resid @ resid / df)))
 
 
 def nan_mean(x: Sequence[float]) -> float:

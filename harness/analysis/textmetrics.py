@@ -25,18 +25,8 @@ PublishedRule: TypeAlias = Literal["complete", "corrected"]
 Units: TypeAlias = str | Sequence[int] | Sequence[str]
 
 PUBLISHED_RULES: tuple[PublishedRule, ...] = ("complete", "corrected")
-_COMPLETE_PHRASES = ("answer is the answerer", "observer is the observed", "knower is the known", "bekan")
-LOOP_PHRASES: dict[str, tuple[str, ...]] = {
-    "complete": _COMPLETE_PHRASES,
-    "corrected": (*_COMPLETE_PHRASES, "observer is observing", "bekannt"),
-}
-"""The literal loop phrases each source script searched for (lower-cased text, substring match)."""
-
-COMPLETE_RULE_RATIO = 0.8
-"""complete.py flags repetition when the word count exceeds this fraction of the unique-word count."""
-
-COLLAPSE_MIN_UNIQUE_WORDS = 5
-"""A completion with fewer unique whitespace words than this counts as collapsed (empty included)."""
+# The detectors' constants (complete.py's word ratio, the loop phrases, the collapse word count) are published
+# figures: they live in the claims' claim.toml and are passed in, never written here.
 
 _UNIT_FIX = (
     "pass decoded text as one str, words as a list of str, or token ids as a list of int (ids.tolist())"
@@ -140,29 +130,31 @@ def _units(values: object, name: str = "units") -> tuple[str, ...] | tuple[int, 
     return tuple(ids)
 
 
-def published_repetition(full_text: str, rule: PublishedRule = "complete") -> RepetitionCheck:
+def published_repetition(full_text: str, rule: PublishedRule, ratio: float,
+                         phrases: Sequence[str]) -> RepetitionCheck:
     """The source's L31-ablation detector on a decoded full text (prompt included), verbatim (spec A.3).
 
     The word rule splits `full_text` on whitespace, case preserved: "complete" fires when
-    len(words) > 0.8 * len(set(words)), which holds for ANY text with at least one word; "corrected" fires
-    when any word repeats. The loop phrases of the rule's script are searched in the lower-cased text.
+    len(words) > ratio * len(set(words)) (the source's ratio is below 1, so this holds for ANY text with at
+    least one word); "corrected" fires when any word repeats (`ratio` unused). The rule's loop `phrases` are
+    searched in the lower-cased text.
     """
     text = _require_text(full_text, "full_text")
     if rule not in PUBLISHED_RULES:
         raise ValueError(f"unknown published repetition rule {rule!r}; choose one of {PUBLISHED_RULES}")
     words = text.split()
     n_words, n_unique = len(words), len(set(words))
-    word_rule = n_words > COMPLETE_RULE_RATIO * n_unique if rule == "complete" else n_words != n_unique
+    word_rule = n_words > ratio * n_unique if rule == "complete" else n_words != n_unique
     lowered = text.lower()
-    phrases = tuple(phrase for phrase in LOOP_PHRASES[rule] if phrase in lowered)
-    return RepetitionCheck(rule, n_words, n_unique, word_rule, phrases)
+    found = tuple(phrase for phrase in phrases if phrase.lower() in lowered)
+    return RepetitionCheck(rule, n_words, n_unique, word_rule, found)
 
 
-def published_collapse(completion: str) -> bool:
-    """The source's residual-patch collapse rule, verbatim (spec A.4): fewer than 5 unique whitespace words
-    in the stripped completion. An empty or all-whitespace completion counts as collapse."""
+def published_collapse(completion: str, min_unique_words: int) -> bool:
+    """The source's residual-patch collapse rule, verbatim (spec A.4): fewer than `min_unique_words` unique
+    whitespace words in the stripped completion. An empty or all-whitespace completion counts as collapse."""
     text = _require_text(completion, "completion")
-    return len(set(text.strip().split())) < COLLAPSE_MIN_UNIQUE_WORDS
+    return len(set(text.strip().split())) < _require_positive_int(min_unique_words, "min_unique_words")
 
 
 def _ngrams(units: Sequence[object], n: int) -> list[tuple[object, ...]]:

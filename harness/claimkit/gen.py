@@ -1,25 +1,26 @@
-"""What the generation claims share: the protocol context, result packaging, the non-diagnostic check and the
-paired comparison. The protocols themselves live in `l31_ablation.py` and `residual_patch.py`.
+"""What the generation claims share: the protocol context, result packaging and the paired comparison. The
+protocols themselves live in claims/l31_ablation_repetition and claims/residual_patch_collapse.
 
 A published criterion is *non-diagnostic* when it also holds under its own null (the unablated text, another
-layer, a random patch source): it then cannot tell the published condition from the null. Such a result
-carries `non_diagnostic=True` and a note that says under which null the criterion held; the report surfaces
-the flag per (claim, model).
+layer, a random patch source): each such null is a protocol of kind `null` whose criterion is the published
+one, and the verdict is `non_diagnostic` where one holds (harness.claimkit.verdicts).
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from harness.analysis import stats
+from harness.claimkit.declare import protocol_kind
 from harness.claimkit.prompts import PromptBank
-from harness.claimkit.registry import Claim, Criterion, evaluate
+from harness.claimkit.registry import Claim, Criterion
 from harness.claimkit.results import protocol_result
+from harness.engine.formatting import PromptFormat
 from harness.engine.generation import Condition, GenerationRun, Intervention, generate, generate_conditions
 from harness.engine.models import LoadedModel
 from harness.engine.sites import map_layer
@@ -35,6 +36,12 @@ class GenContext:
     seed: int = 0
     batch_size: int = 32  # prompts per forward pass (source captures), as --claim-batch-size
     generate_batch_size: int = 1024  # rows per generate call: each holds only prompt + new tokens of KV cache
+    paths: list[dict[str, Any]] = field(default_factory=list)  # how each generated batch ran (PathRecord dicts)
+
+    @property
+    def fmt(self) -> PromptFormat:
+        """The protocol's prompt format: [protocol].chat_template and .bos."""
+        return PromptFormat.of(self.claim.protocol)
 
     def layer(self, published: int) -> int:
         """A published layer index mapped to this model by relative depth."""
@@ -46,13 +53,17 @@ class GenContext:
 
     def generate(self, prompts: Sequence[str], intervention: Intervention | None = None) -> GenerationRun:
         """Greedy generation with the claim's max_new_tokens, `generate_batch_size` rows per call."""
-        return generate(self.lm, prompts, self.claim.protocol["max_new_tokens"], intervention=intervention,
-                        batch_size=self.generate_batch_size)
+        run = generate(self.lm, prompts, self.claim.protocol["max_new_tokens"], intervention=intervention,
+                       batch_size=self.generate_batch_size, fmt=self.fmt)
+        self.paths.extend(run.paths)
+        return run
 
     def run(self, *conditions: Condition) -> dict[str, GenerationRun]:
         """Several conditions as rows of one batched generation (see `generation.generate_conditions`)."""
-        return generate_conditions(self.lm, conditions, self.claim.protocol["max_new_tokens"],
-                                   batch_size=self.generate_batch_size)
+        runs = generate_conditions(self.lm, conditions, self.claim.protocol["max_new_tokens"],
+                                   batch_size=self.generate_batch_size, fmt=self.fmt)
+        self.paths.extend({id(p): p for run in runs.values() for p in run.paths}.values())
+        return runs
 
 
 def published_figures(claim: Claim) -> dict[str, Any]:
@@ -62,39 +73,27 @@ def published_figures(claim: Claim) -> dict[str, Any]:
 
 def result(ctx: GenContext, protocol: str, criterion: Criterion, observed: Mapping[str, Any], **extra: Any,
            ) -> dict[str, Any]:
-    """A protocol result for this context: `as_published` for the published protocol, else a control."""
-    kind = "as_published" if protocol == "as_published" else "control"
-    return protocol_result(ctx.claim, protocol, kind, criterion, observed, lm=ctx.lm, banks=(ctx.bank,),
-                           published=published_figures(ctx.claim), **extra)
+    """A protocol result for this context, of the kind its name and claim.toml give it."""
+    data = {**dict(extra.pop("data", None) or {}), "generation_paths": path_summary(ctx.paths)}
+    return protocol_result(ctx.claim, protocol, protocol_kind(ctx.claim, protocol), criterion, observed,
+                           lm=ctx.lm, banks=(ctx.bank,), published=published_figures(ctx.claim), data=data, **extra)
+
+
+def path_summary(paths: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Which generation path ran the protocol's batches (see `harness.engine.generation`), and why not the
+    graph path where it did not."""
+    return {"batches": dict(Counter(p["path"] for p in paths)),
+            "reasons": sorted({p["reason"] for p in paths if p.get("reason")}),
+            "graphs_recorded": sum(bool(p.get("captured")) for p in paths)}
 
 
 def control_criterion(ctx: GenContext, name: str) -> Criterion:
     return dict(ctx.claim.control(name)["criterion"])
 
 
-def non_diagnostic(criterion: Criterion, null_observed: Mapping[str, float],
-                   where: str) -> tuple[bool, tuple[str, ...]]:
-    """(flag, notes): whether the published `criterion` also holds on `null_observed`, measured `where`."""
-    held, _ = evaluate(criterion, null_observed)
-    if held is not True:
-        return False, ()
-    shown = ", ".join(f"{k} = {v:.3g}" for k, v in null_observed.items())
-    return True, (f"non-diagnostic: the published criterion {criterion} also holds {where} ({shown}), so it "
-                  "cannot separate the published condition from this null",)
-
-
-def published_nulls(ctx: GenContext, metric: str, nulls: Mapping[str, float]) -> dict[str, Any]:
-    """`non_diagnostic` and `notes` for `result`: does the claim's published criterion also hold when its
-    `metric` takes a null value? `nulls` maps where each null value was measured to the value."""
-    published = ctx.claim.criteria["as_published"]
-    found = [non_diagnostic(published, {metric: value}, where) for where, value in nulls.items()]
-    return {"non_diagnostic": any(flag for flag, _ in found),
-            "notes": tuple(note for _, notes in found for note in notes)}
-
-
 def inconclusive(ctx: GenContext, protocol: str, n: Mapping[str, int], why: str) -> dict[str, Any]:
     """A result that could not be evaluated (too few prompts), with the reason as its note."""
-    criterion = control_criterion(ctx, protocol.removeprefix("control:"))
+    criterion = control_criterion(ctx, protocol.partition(":")[2])
     observed = {metric: float("nan") for metric in criterion}
     return result(ctx, protocol, criterion, observed, n=n, notes=(f"inconclusive: {why}",))
 

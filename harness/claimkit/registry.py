@@ -1,4 +1,4 @@
-"""Claim registry: <claim folder>/claim.toml -> Claim, validated at collection; criteria and verdicts.
+"""Claim registry: <claim folder>/claim.toml -> Claim, validated at collection; criteria.
 
 A claim is a folder named by its id, holding claim.toml, its prompt bank, its protocol code and its test
 module. claim.toml has five tables:
@@ -7,7 +7,10 @@ module. claim.toml has five tables:
 - [published] the published figures (numbers, lists of numbers or strings)
 - [protocol]  the protocol parameters as the source ran it
 - [criteria]  named criteria: `as_coded`, `as_stated`, ...; each maps a metric to {op = value}
-- [controls]  one table per control: description, criterion, and its own parameters
+- [controls]  one table per control, robustness check or null (its `kind`): description, criterion, and its
+              own parameters
+
+Verdicts are harness.claimkit.verdicts'.
 """
 
 from __future__ import annotations
@@ -30,7 +33,6 @@ SOURCE_KEYS = {"repo", "commit", "files"}
 OPS: dict[str, Callable[[float, float], bool]] = {
     "lt": operator.lt, "le": operator.le, "gt": operator.gt, "ge": operator.ge,
 }
-VERDICTS = ("reproduced", "fragile", "not_reproduced", "inconclusive", "skipped", "error")
 
 
 class ClaimError(ValueError):
@@ -146,30 +148,17 @@ def get_claim(claim_id: str, claims: Mapping[str, Claim] | None = None) -> Claim
 
 
 def evaluate(criterion: Criterion, observed: Mapping[str, float]) -> tuple[bool | None, dict[str, Any]]:
-    """(passed, per-metric detail). None when an observed value is missing or NaN: inconclusive."""
+    """(passed, per-metric detail): False when any rule fails, whatever else is missing; None (inconclusive)
+    only when no rule fails and some observed value is missing or NaN; True when every rule holds."""
     detail: dict[str, Any] = {}
-    passed: bool | None = True
     for metric, rule in criterion.items():
         value = observed.get(metric)
         if value is None or math.isnan(float(value)):  # float(): numpy float32 NaN is no Python float
             detail[metric] = {"value": value, "rule": rule, "passed": None}
-            passed = None
             continue
         ok = all(OPS[op](float(value), float(bound)) for op, bound in rule.items())
         detail[metric] = {"value": value, "rule": rule, "passed": ok}
-        if passed is not None:
-            passed = passed and ok
-    return passed, detail
-
-
-def verdict(as_published: bool | None, controls: Mapping[str, bool | None]) -> str:
-    """reproduced: as published holds and every control passes; fragile: it holds but a control fails."""
-    if as_published is None:
-        return "inconclusive"
-    if not as_published:
-        return "not_reproduced"
-    if any(v is False for v in controls.values()):
-        return "fragile"
-    if any(v is None for v in controls.values()):
-        return "inconclusive"
-    return "reproduced"
+    outcomes = [d["passed"] for d in detail.values()]
+    if False in outcomes:
+        return False, detail
+    return (None if None in outcomes else True), detail

@@ -18,15 +18,14 @@ from typing import Any
 
 import numpy as np
 
+from harness.analysis.profiles import ProfileCorrelation, correlate_profiles
 from harness.analysis.rfc import (
     Array,
     LayerStats,
-    ProfileCorrelation,
     ThresholdCounts,
     UnstableRule,
     bonferroni_significant,
     compare_layers,
-    correlate_profiles,
     t_interval,
     threshold_counts,
     unstable_denominator,
@@ -211,7 +210,7 @@ def _ci_error(table: ComparisonTable, metric: str) -> float:
     return float(max(errors))
 
 
-def _metric(table: ComparisonTable, metric: str, unstable: np.ndarray) -> MetricReplay:
+def _metric(table: ComparisonTable, metric: str, unstable: np.ndarray, threshold: float) -> MetricReplay:
     c = table.columns
     diff, low, high = (c[f"{metric}_diff{s}"] for s in ("", "_ci_low", "_ci_high"))
     cmp = compare_layers(table.stats(metric, "base"), table.stats(metric, "instruct"))
@@ -220,7 +219,7 @@ def _metric(table: ComparisonTable, metric: str, unstable: np.ndarray) -> Metric
         mean=float(diff.mean()), median=float(np.median(diff)), std_ddof0=float(diff.std()),
         min=float(diff.min()), min_layer=int(diff.argmin()),
         max=float(diff.max()), max_layer=int(diff.argmax()),
-        thresholds=threshold_counts(diff),
+        thresholds=threshold_counts(diff, threshold),
         ci_negative_layers=_layers(high < 0), ci_positive_layers=_layers(low > 0),
         bonferroni_layers=_layers(bonferroni_significant(diff, cmp.se, cmp.df)),
         mean_without_unstable=float(stable.mean()) if stable.size else float("nan"),
@@ -229,10 +228,13 @@ def _metric(table: ComparisonTable, metric: str, unstable: np.ndarray) -> Metric
 
 
 def replay_rfc(path: str | Path, against: str | Path | None = None,
-               rule: UnstableRule | None = None) -> RfcReplay:
-    """Re-derive the B.3 figures of one detailed_comparison table; `against` adds the dRFC correlation.
+               rule: UnstableRule | None = None, block: int = 4, seed: int = 0,
+               threshold: float = 0.01) -> RfcReplay:
+    """Re-derive the B.3 figures of one detailed_comparison table; `against` adds the dRFC correlation
+    (with its circular-shift and `block`-layer block-permutation p beside the iid one).
 
-    A layer is unstable when `rule` flags the base or the instruct RFC (default: |RFC| > 1).
+    A layer is unstable when `rule` flags the base or the instruct RFC (default: |RFC| > 1); `threshold` is
+    the source's cut for its "% layers" counts (a claim passes its [protocol].threshold).
     """
     rule = rule or UnstableRule()
     table = read_table(path)
@@ -249,9 +251,9 @@ def replay_rfc(path: str | Path, against: str | Path | None = None,
         if other.n_layers != table.n_layers:
             raise ReplayError(f"{path} has {table.n_layers} layers but {against} has {other.n_layers}; "
                               "correlate tables of models with the same depth")
-        correlation = correlate_profiles(c["rfc_diff"], other.columns["rfc_diff"])
+        correlation = correlate_profiles(c["rfc_diff"], other.columns["rfc_diff"], block=block, seed=seed)
     return RfcReplay(str(path), table.n_layers, {m: table.n_heads(m) for m in MODELS}, rule, flagged,
-                     _metric(table, "rfc", unstable), _metric(table, "rsi", unstable), models,
+                     _metric(table, "rfc", unstable, threshold), _metric(table, "rsi", unstable, threshold), models,
                      None if against is None else str(against), correlation)
 
 
@@ -285,7 +287,8 @@ def format_summary(r: RfcReplay) -> str:
     if r.correlation is not None:
         k = r.correlation
         lines.append(f"dRFC vs {r.against}: Pearson r {k.pearson_r:.4f} (p {k.pearson_p:.4g}), Spearman "
-                     f"{k.spearman_rho:.4f} (p {k.spearman_p:.4g}), circular-shift p {k.shift_p:.4g}")
+                     f"{k.spearman_rho:.4f} (p {k.spearman_p:.4g}); p iid {k.pearson_p:.4g}, circular-shift "
+                     f"{k.shift_p:.4g}, {k.block_length}-layer block permutation {k.block_p:.4g}")
     return "\n".join(lines) + "\n"
 
 
@@ -295,6 +298,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("table", help="detailed_comparison CSV")
     parser.add_argument("--against", help="a second table: correlate the two dRFC profiles")
     parser.add_argument("--json", metavar="OUT", help="write the figures as JSON to OUT ('-' = stdout)")
+    parser.add_argument("--block", type=int, default=4,
+                        help="layers per block of the block-permutation null of the correlation (default %(default)s)")
     parser.add_argument("--max-abs-rfc", type=float, default=UnstableRule().max_abs_rfc,
                         help="flag a layer unstable when |RFC| exceeds this (default %(default)s)")
     return parser
@@ -330,7 +335,7 @@ def main(argv: list[str]) -> int:
         return 2
     args = _parser().parse_args(argv[1:])
     try:
-        result = replay_rfc(args.table, args.against, UnstableRule(max_abs_rfc=args.max_abs_rfc))
+        result = replay_rfc(args.table, args.against, UnstableRule(max_abs_rfc=args.max_abs_rfc), args.block)
     except ReplayError as error:
         sys.stderr.write(f"replay rfc: {error}\n")
         return 2

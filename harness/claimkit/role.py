@@ -8,7 +8,8 @@ Measurement
 come back per prompt and head, published and normalised, with the attention mass on key 0 and the token
 counts: one `.cpu()` per batch, nothing kept on the device. Categories are data keys: one routine handles
 any number of them, in any order. Prompts are raw text with BOS as the model's spec says (no chat template),
-unless an encoder with a template is passed (`chat_encoder`).
+unless an encoder of another `harness.claimkit.role_format.PromptFormat` is passed; an encoder that marks
+query rows (`score="content"`) has only those rows averaged.
 
 Comparison (claims-spec B.2 (b), compare_base_instruct.py)
 ----------------------------------------------------------
@@ -18,7 +19,8 @@ dRFC per layer = instruct - base with SE = sqrt(sd_b^2/n + sd_i^2/n); "significa
 source counted heads 0..27 (`range(28)`) whatever the model; `published_heads_counted` reproduces that and
 counts all heads where a model has fewer than 28 (tiny models), saying so in the result's notes.
 
-`as_published` is here; the controls are in `harness.claimkit.role_controls`, which also holds `PROTOCOLS`.
+`as_published` is here; the controls are in `harness.claimkit.role_controls`, which also holds `PROTOCOLS`;
+their effects with prompt-level CIs are made by `harness.claimkit.role_effects`.
 """
 
 from __future__ import annotations
@@ -49,13 +51,13 @@ from harness.analysis.rfc import (
 from harness.claimkit.prompts import PromptBank
 from harness.claimkit.registry import Claim, Criterion
 from harness.claimkit.results import protocol_result
+from harness.claimkit.role_format import Encoder, ScoredEncoded
+from harness.claimkit.verdicts import Effect
 from harness.engine.attention import EntropyResult, attention_entropy
 from harness.engine.models import LoadedModel
-from harness.engine.runner import Encoded, encode
+from harness.engine.runner import encode
 
-PUBLISHED_HEADS_COUNTED = 28  # compare_base_instruct.py: `for head in range(28)`, whatever the model
 RATIO = "ratio, unitless"
-Encoder = Callable[[LoadedModel, Sequence[str]], Encoded]
 Categories = Mapping[str, PromptEntropies]
 
 
@@ -63,8 +65,10 @@ Categories = Mapping[str, PromptEntropies]
 class CategoryRun:
     """Entropies of one prompt category under one model; per-head fields are (prompt, layer, head).
 
-    published: mean of H_q over q = 0..T-1; normalised: mean of G_q over q = 2..T-1 (NaN under 3 tokens);
-    bos_mass: mean attention on key 0; n_tokens: (prompt,) T; n_normalised: (prompt,) queries with q >= 2.
+    published: mean of H_q over the scored rows (q = 0..T-1 unless an encoder marked rows); normalised: mean
+    of G_q over the scored rows with q >= 2 (NaN where none); bos_mass: mean attention on key 0; n_tokens:
+    (prompt,) T; n_normalised: (prompt,) scored queries with q >= 2; n_rows: (prompt,) scored rows (= T when
+    every row is scored), the pooling weights of the published variant.
     """
 
     prompts: tuple[str, ...]
@@ -74,10 +78,11 @@ class CategoryRun:
     bos_mass: Array
     n_tokens: Array
     n_normalised: Array
+    n_rows: Array
 
     def entropies(self, variant: str = "published", keep: Mask | None = None) -> PromptEntropies:
         """The prompts in `keep` (default all) as rfc's PromptEntropies, pooled by their own query counts."""
-        fields = {"published": (self.published, self.n_tokens),
+        fields = {"published": (self.published, self.n_rows),
                   "normalised": (self.normalised, self.n_normalised)}
         if variant not in fields:
             raise ValueError(f"entropy variant {variant!r} unknown; use one of {list(fields)}")
@@ -93,44 +98,14 @@ class CategoryRun:
                              "measure them first")
         idx = [self.layers.index(layer) for layer in layers]
         return CategoryRun(self.prompts, tuple(layers), self.published[:, idx], self.normalised[:, idx],
-                           self.bos_mass[:, idx], self.n_tokens, self.n_normalised)
+                           self.bos_mass[:, idx], self.n_tokens, self.n_normalised, self.n_rows)
 
     def select(self, index: Sequence[int]) -> CategoryRun:
         """The prompts at `index`, in that order."""
         idx = np.asarray(index, dtype=np.int64)
         return CategoryRun(tuple(self.prompts[i] for i in idx), self.layers, self.published[idx],
                            self.normalised[idx], self.bos_mass[idx], self.n_tokens[idx],
-                           self.n_normalised[idx])
-
-
-def encode_texts(lm: LoadedModel, texts: Sequence[str], add_special_tokens: bool) -> Encoded:
-    """Right-padded ids and mask of already formatted texts (e.g. a chat template's output)."""
-    enc = lm.tokenizer(list(texts), add_special_tokens=add_special_tokens, padding=True, return_tensors="pt")
-    mask = enc["attention_mask"]
-    return Encoded(enc["input_ids"].to(lm.device), mask.to(lm.device), [int(n) for n in mask.sum(1)])
-
-
-MINIMAL_TEMPLATE = "User: {prompt}\nAssistant:"
-
-
-def chat_encoder(lm: LoadedModel) -> tuple[Encoder, str]:
-    """An encoder that wraps each prompt in one user turn, and a note saying which template it used.
-
-    The tokenizer's own chat template (with the generation prompt, and whatever default system turn the
-    template adds) when it has one; else MINIMAL_TEMPLATE, written by this project, with BOS per the spec.
-    """
-    tokenizer = lm.tokenizer
-    if getattr(tokenizer, "chat_template", None):
-        def with_template(model: LoadedModel, prompts: Sequence[str]) -> Encoded:
-            texts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
-                                                   add_generation_prompt=True) for p in prompts]
-            return encode_texts(model, texts, add_special_tokens=False)  # the template writes BOS itself
-        return with_template, f"{lm.id}: the tokenizer's chat template, one user turn, generation prompt"
-
-    def minimal(model: LoadedModel, prompts: Sequence[str]) -> Encoded:
-        return encode_texts(model, [MINIMAL_TEMPLATE.format(prompt=p) for p in prompts], model.spec.bos)
-    return minimal, (f"{lm.id}: the tokenizer has no chat template, so this project's minimal template "
-                     f"{MINIMAL_TEMPLATE!r} was used (BOS {'added' if lm.spec.bos else 'none'})")
+                           self.n_normalised[idx], self.n_rows[idx])
 
 
 def _stack(prompts: Sequence[str], parts: Sequence[EntropyResult], n_heads: int) -> CategoryRun:
@@ -146,7 +121,7 @@ def _stack(prompts: Sequence[str], parts: Sequence[EntropyResult], n_heads: int)
         return np.concatenate([getattr(p, name).double().numpy() for p in parts])
 
     return CategoryRun(tuple(prompts), parts[0].layers, per_head("published"), per_head("normalised"),
-                       per_head("bos_mass"), counts("n_tokens"), counts("n_normalised"))
+                       per_head("bos_mass"), counts("n_tokens"), counts("n_normalised"), counts("n_rows"))
 
 
 def measure_category(lm: LoadedModel, prompts: Sequence[str], *, batch_size: int = 32,
@@ -159,7 +134,7 @@ def measure_category(lm: LoadedModel, prompts: Sequence[str], *, batch_size: int
         for start in range(0, len(prompts), batch_size):
             enc = encoder(lm, prompts[start:start + batch_size])
             lm.model.base_model(input_ids=enc.input_ids, attention_mask=enc.attention_mask, use_cache=False)
-            parts.append(engine.pop().cpu())
+            parts.append(engine.pop(enc.rows if isinstance(enc, ScoredEncoded) else None).cpu())
     return _stack(prompts, parts, lm.dims.n_heads)
 
 
@@ -174,8 +149,9 @@ def entropies(runs: Mapping[str, CategoryRun], variant: str = "published",
     return {k: run.entropies(variant, None if keep is None else keep[k]) for k, run in runs.items()}
 
 
-def published_heads_counted(n_heads: int, cap: int = PUBLISHED_HEADS_COUNTED) -> tuple[int, str | None]:
-    """The source's head count: the first `cap` heads; all heads (and a note) when the model has fewer."""
+def published_heads_counted(n_heads: int, cap: int) -> tuple[int, str | None]:
+    """The source's head count: the first `cap` heads ([protocol].published_heads_counted: the source's
+    `range(28)`); all heads (and a note) when the model has fewer."""
     if n_heads < 1 or cap < 1:
         raise ValueError(f"n_heads={n_heads}, cap={cap}: both must be >= 1")
     if n_heads >= cap:
@@ -304,15 +280,16 @@ class RoleContext:
 
     def runs(self, lm: LoadedModel, categories: Mapping[str, Sequence[str]],
              encoder: tuple[Encoder, str] | None = None) -> dict[str, CategoryRun]:
-        """Measured entropies of `categories` under `lm`, from the cache when already measured."""
-        fn, name = encoder or (encode, "raw")
+        """Measured entropies of `categories` under `lm`, from the cache when already measured; `encoder` is
+        a (function, name) pair such as `PromptFormat.encoder()` (default: raw text, every row scored)."""
+        fn, name = encoder or (encode, "raw/all")
         key = self.key(lm, categories, name)
         if key not in self.cache:
             self.cache[key] = measure(lm, categories, batch_size=self.batch_size, encoder=fn)
         return self.cache[key]
 
     @staticmethod
-    def key(lm: LoadedModel, categories: Mapping[str, Sequence[str]], encoder: str = "raw") -> Hashable:
+    def key(lm: LoadedModel, categories: Mapping[str, Sequence[str]], encoder: str = "raw/all") -> Hashable:
         """The cache key of a measurement: model, revision, encoder name and the prompts by category."""
         return lm.id, lm.resolved_revision, encoder, tuple((k, tuple(v)) for k, v in categories.items())
 
@@ -337,7 +314,12 @@ class RoleContext:
                 f"({self.base.resolved_revision}): every instruct - base difference is 0 by construction",)
 
     def published(self) -> dict[str, Any]:
-        return {k: v for k, v in self.claim.published.items() if isinstance(v, int | float | list)}
+        return {k: v for k, v in self.claim.published.items()
+                if isinstance(v, int | float | list) and not isinstance(v, bool)}
+
+    def kind(self, control: str) -> str:
+        """A control's kind in the claim file: control (counted) or robustness (reported beside)."""
+        return str(self.claim.control(control).get("kind", "control"))
 
 
 @dataclass(frozen=True)
@@ -351,6 +333,9 @@ class Extras:
     banks: tuple[PromptBank, ...] = ()
     units: str = "nats"
     detail: bool = False  # add the RSI profile and the entropy heatmap to `data`
+    effect: Effect | None = None  # a control's effect with its prompt-level CI (role_effects)
+    n_needed: int | None = None
+    tests: Mapping[str, Any] = field(default_factory=dict)
 
 
 def pair_result(ctx: RoleContext, protocol: str, kind: str, criterion: Criterion,
@@ -367,7 +352,8 @@ def pair_result(ctx: RoleContext, protocol: str, kind: str, criterion: Criterion
     n = {k: int(c.n_tokens.size) for k, c in cats[1].items()}
     return protocol_result(ctx.claim, protocol, kind, criterion, observed, lm=ctx.instruct,
                            banks=extras.banks or (ctx.bank,), n=n, exclusions=extras.exclusions,
-                           published=ctx.published(), notes=(*extras.notes, *ctx.pair_notes()), data=data)
+                           published=ctx.published(), notes=(*extras.notes, *ctx.pair_notes()), data=data,
+                           tests=extras.tests, effect=extras.effect, n_needed=extras.n_needed)
 
 
 def as_published(ctx: RoleContext) -> dict[str, Any]:

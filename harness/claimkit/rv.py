@@ -22,6 +22,7 @@ from harness.analysis.metrics import participation_ratio, r_v
 from harness.claimkit.prompts import PromptBank
 from harness.claimkit.registry import Claim
 from harness.claimkit.results import protocol_result
+from harness.engine.formatting import PromptFormat
 from harness.engine.models import LoadedModel
 from harness.engine.runner import Window, forward_capture, token_counts
 from harness.engine.sites import map_layer
@@ -48,17 +49,19 @@ def layers_for(claim: Claim, lm: LoadedModel) -> tuple[int, int]:
 
 
 def measure(lm: LoadedModel, claim: Claim, prompts: Sequence[str], window: Window, batch_size: int = 32,
-            min_tokens: int = 1) -> RVRun:
-    """R_V per prompt; prompts shorter than `min_tokens` or with a NaN PR are counted, never silently lost."""
+            min_tokens: int = 1, fmt: PromptFormat | None = None) -> RVRun:
+    """R_V per prompt in `fmt` (default: the claim protocol's); prompts shorter than `min_tokens` or with a NaN
+    PR are counted, never silently lost."""
     early, late = layers_for(claim, lm)
     point = claim.protocol["site"]
-    counts = token_counts(lm, prompts)
+    fmt = fmt or PromptFormat.of(claim.protocol)
+    counts = token_counts(lm, prompts, fmt)
     keep = [p for p, t in zip(prompts, counts, strict=True) if t >= min_tokens]
     excluded: Counter[str] = Counter(shorter_than_window=len(prompts) - len(keep))
     if not keep:
         return RVRun([], [], [], [], [], excluded)
     sites = [f"blocks.{early}.{point}", f"blocks.{late}.{point}"]
-    cap = forward_capture(lm, keep, sites, window, batch_size)
+    cap = forward_capture(lm, keep, sites, window, batch_size, fmt)
     excluded["oom_batch_halvings"] = cap.halvings
     centred = bool(claim.protocol.get("centred", False))
     pr_e = participation_ratio(cap.windows[sites[0]], cap.rows, centred).cpu()
@@ -74,20 +77,41 @@ def measure(lm: LoadedModel, claim: Claim, prompts: Sequence[str], window: Windo
                  [float(pr_l[i]) for i in idx], [cap.lengths[i] for i in idx], excluded)
 
 
-def compare(rec: RVRun, base: RVRun, seed: int = 0) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The published comparison (Student t, one-sided, baseline > recursive) plus robust companions."""
+EQUAL_VARIANCES = {"student_t": True}  # [protocol].test -> scipy's equal_var
+
+
+def published_p_rows(claim: Claim, base: np.ndarray, rec: np.ndarray) -> np.ndarray:
+    """The source's test of baseline against recursive R_V, as [protocol].test and .alternative name it
+    (Student t, one-sided: baseline greater): its p per row of (draws, n) arrays (or for one sample)."""
+    p = claim.protocol
+    return stats.t_test_rows(base, rec, EQUAL_VARIANCES[p["test"]], p["alternative"])[1]
+
+
+def published_test(claim: Claim, base: Sequence[float], rec: Sequence[float]) -> stats.TestResult:
+    """`published_p_rows` on one sample, with its statistic, as the report records it."""
+    p = claim.protocol
+    stat, _, df = stats.t_test_rows(np.asarray(base, float), np.asarray(rec, float), EQUAL_VARIANCES[p["test"]],
+                                    p["alternative"])
+    value = published_p_rows(claim, np.asarray(base, float), np.asarray(rec, float))
+    return stats.TestResult(p["test"], float(stat), float(value), float(df), p["alternative"])
+
+
+def compare(rec: RVRun, base: RVRun, seed: int = 0,
+            claim: Claim | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The published comparison (`published_test`; without a claim, Student t one-sided, baseline > recursive)
+    plus robust companions."""
     observed: dict[str, Any] = {"n_recursive": len(rec.r_v), "n_baseline": len(base.r_v)}
     if len(rec.r_v) < 2 or len(base.r_v) < 2:
         observed.update(separation=float("nan"), p_value=float("nan"))
         return observed, {}
     d_rec, d_base = stats.describe(rec.r_v), stats.describe(base.r_v)
-    student = stats.student_t(base.r_v, rec.r_v)
+    student = published_test(claim, base.r_v, rec.r_v) if claim is not None else stats.student_t(base.r_v, rec.r_v)
     observed.update(recursive_mean=d_rec["mean"], recursive_std_ddof0=d_rec["std_ddof0"],
                     baseline_mean=d_base["mean"], baseline_std_ddof0=d_base["std_ddof0"],
                     separation=d_base["mean"] - d_rec["mean"], t=student.statistic, p_value=student.p_value,
                     cohens_d=stats.cohens_d(base.r_v, rec.r_v),
                     mean_tokens_recursive=float(np.mean(rec.tokens)), mean_tokens_baseline=float(np.mean(base.tokens)))
-    tests = {"student_t": student.as_dict(), "welch_t": stats.welch_t(base.r_v, rec.r_v).as_dict(),
+    tests = {student.test: student.as_dict(), "welch_t": stats.welch_t(base.r_v, rec.r_v).as_dict(),
              "student_t_two_sided": stats.student_t(base.r_v, rec.r_v, "two-sided").as_dict(),
              "mann_whitney": stats.mann_whitney(base.r_v, rec.r_v).as_dict(),
              "bootstrap_ci_separation": stats.bootstrap_mean_diff_ci(base.r_v, rec.r_v, seed=seed)}
@@ -120,22 +144,30 @@ class Context:
     bank: PromptBank
     seed: int = 0
     batch_size: int = 32
-    # Wraps every measurement, given the prompts it will run (the known-answer test plants an effect here).
-    around_run: Callable[[Sequence[str]], AbstractContextManager[Any]] | None = None
+    # Wraps every measurement, given the prompts, window and format it will run (the known-answer tests plant
+    # an effect here).
+    around_run: Callable[[Sequence[str], Window, PromptFormat], AbstractContextManager[Any]] | None = None
+
+    @property
+    def fmt(self) -> PromptFormat:
+        """The protocol's prompt format: [protocol].chat_template and .bos."""
+        return PromptFormat.of(self.claim.protocol)
 
     def window(self, size: int | None = None, exclude_bos: bool | None = None) -> Window:
         p = self.claim.protocol
         return Window(size or p["window"], p["exclude_bos"] if exclude_bos is None else exclude_bos)
 
-    def run(self, prompts: Sequence[str], window: Window, min_tokens: int = 1) -> RVRun:
-        wrap = self.around_run(prompts) if self.around_run is not None else nullcontext()
+    def run(self, prompts: Sequence[str], window: Window, min_tokens: int = 1,
+            fmt: PromptFormat | None = None) -> RVRun:
+        fmt = fmt or self.fmt
+        wrap = self.around_run(prompts, window, fmt) if self.around_run is not None else nullcontext()
         with wrap:
-            return measure(self.lm, self.claim, prompts, window, self.batch_size, min_tokens)
+            return measure(self.lm, self.claim, prompts, window, self.batch_size, min_tokens, fmt)
 
 
 def _two_groups(ctx: Context, protocol: str, kind: str, criterion: dict[str, Any], rec: RVRun, base: RVRun,
                 extra: dict[str, Any] | None = None, notes: tuple[str, ...] = ()) -> dict[str, Any]:
-    observed, tests = compare(rec, base, ctx.seed)
+    observed, tests = compare(rec, base, ctx.seed, ctx.claim)
     observed.update(extra or {})
     published = {k: v for k, v in ctx.claim.published.items() if isinstance(v, int | float)}
     return protocol_result(ctx.claim, protocol, kind, criterion, observed, lm=ctx.lm, banks=(ctx.bank,),
@@ -173,7 +205,7 @@ def rederive(claim: Claim, published_dir: Path) -> dict[str, Any]:
     observed = {"t": res.statistic, "p_value": res.p_value, "t_abs_error": abs(res.statistic - pub["t"]),
                 "p_abs_error": abs(res.p_value - pub["p_value"]), "t_without_ddof_conversion": wrong.statistic,
                 "p_without_ddof_conversion": wrong.p_value,
-                "meets_protocol_separation_0_25": float(section["separation"] >= 0.25)}
+                "meets_protocol_separation": float(section["separation"] >= pub["protocol_separation_min"])}
     per = stats.student_t(pub["baseline_per_prompt"], pub["recursive_per_prompt"])
     observed.update(t_from_per_prompt=per.statistic, p_from_per_prompt=per.p_value)
     published = {"t": pub["t"], "p_value": pub["p_value"], "json_t": section["t_statistic"],

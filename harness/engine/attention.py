@@ -27,6 +27,9 @@ Definitions (layer, prompt b, head h; p = attention row of query q):
   attention at every q (dividing by ln(q + 1) would leave ln(q)/ln(q + 1), a length trend). The mean over
   q = 2 .. T_b - 1, NaN under 3 tokens; `normalised_sum` and `n_normalised` pool it.
 - bos_mass: the mean over q = 0 .. T_b - 1 of p_q[0].
+- rows: `pop(rows=...)` (batch, q) restricts every mean over q to the rows marked True (e.g. the user-content
+  tokens of a chat-templated prompt); keys are untouched. `n_rows` counts the rows averaged (published, bos_mass)
+  and `n_normalised` those with q >= 2 among them. Without `rows`, every valid row is averaged (n_rows = T_b).
 
 Limitations: right padding; no cached prefix; ln(q) is the maximum only while keys 1..q are all visible
 (not past a sliding window); dropout-free probabilities (eval mode).
@@ -69,7 +72,8 @@ class EntropyResult:
     layers: tuple[int, ...]
     bos_mass: torch.Tensor
     n_tokens: torch.Tensor  # (batch,) T_b
-    n_normalised: torch.Tensor  # (batch,) queries with q >= 2
+    n_normalised: torch.Tensor  # (batch,) queries with q >= 2 (among the scored rows)
+    n_rows: torch.Tensor | None = None  # (batch,) query rows averaged; None: all T_b
     published: torch.Tensor | None = None
     published_sum: torch.Tensor | None = None
     normalised: torch.Tensor | None = None
@@ -89,9 +93,10 @@ class EntropyResult:
         """The same result on the CPU, moved in one transfer for all layers and fields."""
         present = [name for name in _FLOAT_FIELDS if getattr(self, name) is not None]
         packed = torch.stack([getattr(self, name) for name in present]).cpu()  # (field, layer, batch, head)
-        counts = torch.stack([self.n_tokens, self.n_normalised]).cpu()  # (2, batch)
+        rows = self.n_tokens if self.n_rows is None else self.n_rows
+        counts = torch.stack([self.n_tokens, self.n_normalised, rows]).cpu()  # (3, batch)
         moved: dict[str, Any] = dict(zip(present, packed.unbind(0), strict=True))
-        return replace(self, n_tokens=counts[0], n_normalised=counts[1], **moved)
+        return replace(self, n_tokens=counts[0], n_normalised=counts[1], n_rows=counts[2], **moved)
 
 
 def check_variants(variants: Iterable[str]) -> tuple[str, ...]:
@@ -239,29 +244,45 @@ class _GraphedRows:
         out.copy_(self.out)
 
 
-def reduce_rows(stats: torch.Tensor, valid: torch.Tensor, layers: tuple[int, ...], variants: tuple[str, ...]
-                ) -> EntropyResult:
-    """Pool per-query statistics (layer, 3, batch, kv, q, group) into per-prompt, per-head values."""
+def scored_rows(valid: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
+    """(batch, q) rows to average: the valid ones, restricted to `rows` where given (each prompt keeps >= 1)."""
+    if rows is None:
+        return valid
+    if rows.shape != valid.shape:
+        raise ValueError(f"rows has shape {tuple(rows.shape)} but the forward had {tuple(valid.shape)} "
+                         "(batch, q); pass one flag per token of the encoded batch")
+    scored = valid & rows.to(device=valid.device, dtype=torch.bool)
+    empty = torch.nonzero(scored.sum(-1) == 0).flatten().tolist()
+    if empty:
+        raise ValueError(f"prompts {empty} of the batch have no scored row; mark >= 1 real token per prompt")
+    return scored
+
+
+def reduce_rows(stats: torch.Tensor, valid: torch.Tensor, layers: tuple[int, ...], variants: tuple[str, ...],
+                rows: torch.Tensor | None = None) -> EntropyResult:
+    """Pool per-query statistics (layer, 3, batch, kv, q, group) into per-prompt, per-head values; `rows`
+    (batch, q) limits the means to those query rows (keys are unaffected)."""
     n_layers, _, batch, n_kv, length, groups = stats.shape
     # (layer, 3, batch, kv, group, q) -> (layer, 3, batch, head, q); head h uses key head h // groups
-    rows = stats.transpose(-1, -2).reshape(n_layers, 3, batch, n_kv * groups, length)
-    n_tokens = valid.sum(-1)  # (batch,)
-    weight = valid.to(torch.float32)[:, None, :]  # (batch, 1, q)
+    per_row = stats.transpose(-1, -2).reshape(n_layers, 3, batch, n_kv * groups, length)
+    scored = scored_rows(valid, rows)
+    n_tokens, n_rows = valid.sum(-1), scored.sum(-1)  # (batch,)
+    weight = scored.to(torch.float32)[:, None, :]  # (batch, 1, q)
     position = torch.arange(length, device=valid.device)
-    late = valid & (position >= 2)  # (batch, q)
+    late = scored & (position >= 2)  # (batch, q)
     n_late = late.sum(-1)
-    out: dict[str, Any] = {"bos_mass": (rows[:, _BOS] * weight).sum(-1) / n_tokens[:, None]}
+    out: dict[str, Any] = {"bos_mass": (per_row[:, _BOS] * weight).sum(-1) / n_rows[:, None]}
     if "published" in variants:
-        tokens = n_tokens.to(torch.float32)[:, None, None]  # (batch, 1, 1)
+        tokens = n_tokens.to(torch.float32)[:, None, None]  # (batch, 1, 1): keys per row, eps over all T_b
         z = 1 + tokens * EPS
-        entropy = torch.log(z) + (rows[:, _PUBLISHED] + (length - tokens) * (EPS * math.log(EPS))) / z
-        out["published_sum"] = torch.where(valid[:, None, :], entropy, 0.0).sum(-1)  # (layer, batch, head)
-        out["published"] = out["published_sum"] / n_tokens[:, None]
+        entropy = torch.log(z) + (per_row[:, _PUBLISHED] + (length - tokens) * (EPS * math.log(EPS))) / z
+        out["published_sum"] = torch.where(scored[:, None, :], entropy, 0.0).sum(-1)  # (layer, batch, head)
+        out["published"] = out["published_sum"] / n_rows[:, None]
     if "normalised" in variants:
         inv_log = 1 / torch.log(position.clamp(min=2).to(torch.float32))  # (q,)
-        out["normalised_sum"] = torch.where(late[:, None, :], rows[:, _NOBOS] * inv_log, 0.0).sum(-1)
+        out["normalised_sum"] = torch.where(late[:, None, :], per_row[:, _NOBOS] * inv_log, 0.0).sum(-1)
         out["normalised"] = out["normalised_sum"] / n_late[:, None]
-    return EntropyResult(layers=layers, n_tokens=n_tokens, n_normalised=n_late, **out)
+    return EntropyResult(layers=layers, n_tokens=n_tokens, n_normalised=n_late, n_rows=n_rows, **out)
 
 
 def head_entropy(query: torch.Tensor, key: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
@@ -371,14 +392,17 @@ class AttentionEntropy:
             self._graphs[signature] = _GraphedRows(query, key, run)
         return self._graphs[signature]
 
-    def pop(self) -> EntropyResult:
-        """The entropies of the last forward, on its device; clears them for the next forward."""
+    def pop(self, rows: torch.Tensor | None = None) -> EntropyResult:
+        """The entropies of the last forward, on its device; clears them for the next forward. `rows`
+        (batch, q) boolean: average only those query rows (default: every real token)."""
         missing = [layer for layer in self.layers if layer not in self._done]
         if missing or self._stats is None or self._mask is None:
             raise RuntimeError(f"no attention was computed for layers {missing}: run one model forward "
                                "inside the `with attention_entropy(...)` block before pop()")
-        result = reduce_rows(self._stats, self._mask[3], self.layers, self.variants)
-        self._clear()
+        try:
+            result = reduce_rows(self._stats, self._mask[3], self.layers, self.variants, rows)
+        finally:
+            self._clear()
         return result
 
     def _clear(self) -> None:

@@ -2,6 +2,11 @@
 
 Every manager removes its hooks in `finally`, whatever happens inside the block. `edit_site` is the one
 generic routine; capture, patches and ablations are named specialisations of it.
+
+An edit that passes `graph=GraphSafe(...)` declares that at a decode step its function does nothing but tensor
+operations on the site's tensor and on the tensors `GraphSafe.tensors()` returns, decided by `GraphSafe.key`
+alone: such an edit can be recorded into a CUDA graph and replayed (`harness.engine.decode`). A hook without
+that declaration (a capture, which keeps a tensor on the host side per call) keeps generation on the eager path.
 """
 
 from __future__ import annotations
@@ -20,6 +25,42 @@ from harness.engine.sites import Site, resolve
 # fn(tensor, call) -> replacement tensor, or None to leave the tensor as it is
 EditFn = Callable[[torch.Tensor, "Call"], torch.Tensor | None]
 MODES = ("all_calls", "prefill_only", "decode_only")
+
+
+@dataclass(frozen=True)
+class GraphSafe:
+    """What a decode-step edit reads and does, for replay in a CUDA graph.
+
+    `key` names everything the edit's decode-step code depends on besides tensor contents (its kind and
+    options); `tensors()` returns the tensors it reads at a decode step, available once the prefill call has
+    run. Two edits with equal keys and tensors of equal shapes record the same graph: replaying it for the
+    second means copying the second's tensors into the first's. `edits_decode`: the function returns a new
+    tensor at a decode step (counted as an edit in the CallLog).
+    """
+
+    key: tuple[Any, ...]
+    tensors: Callable[[], dict[str, torch.Tensor]] = dict
+    edits_decode: bool = True
+
+
+@dataclass(frozen=True)
+class GraphEdit:
+    """One graph-safe hook on a model: where it sits, what it declared and the CallLog it keeps."""
+
+    site: str
+    mode: str
+    safe: GraphSafe
+    log: CallLog
+
+    @property
+    def key(self) -> tuple[Any, ...]:
+        return (self.site, self.mode, self.safe.key)
+
+    def count_decode_step(self) -> None:
+        """Count one replayed decode step as the hook would have counted it."""
+        self.log.by_seq_len[1] += 1
+        if self.mode != "prefill_only" and self.safe.edits_decode:
+            self.log.edited += 1
 
 
 @dataclass(frozen=True)
@@ -61,6 +102,21 @@ def _is_library_hook(hook: Callable[..., Any]) -> bool:
     return str(getattr(hook, "__module__", "")).startswith("transformers.")
 
 
+def graph_edits(model: nn.Module) -> tuple[list[GraphEdit], list[str]]:
+    """The graph-safe edits registered on `model` (module order, then registration order), and a description
+    of every other hook."""
+    edits: list[GraphEdit] = []
+    others: list[str] = []
+    for name, module in model.named_modules():
+        for hook in (*module._forward_pre_hooks.values(), *module._forward_hooks.values()):
+            edit = getattr(hook, "graph_edit", None)
+            if isinstance(edit, GraphEdit):
+                edits.append(edit)
+            elif not _is_library_hook(hook):
+                others.append(f"{getattr(hook, '__qualname__', type(hook).__name__)} on {name or 'the model'}")
+    return edits, others
+
+
 def hook_count(model: nn.Module) -> int:
     """Forward and pre-forward hooks currently registered anywhere in `model` (0 when nothing leaked)."""
     return sum(not _is_library_hook(hook) for m in model.modules()
@@ -75,8 +131,10 @@ def _in_mode(call: Call, mode: str) -> bool:
 
 @contextmanager
 def edit_site(model: nn.Module, site: str | Site, fn: EditFn, *, mode: str = "all_calls",
-              model_name: str = "model") -> Iterator[CallLog]:
-    """Run `fn` on the site's tensor at every call in `mode`; its return value replaces the tensor."""
+              model_name: str = "model", graph: GraphSafe | None = None) -> Iterator[CallLog]:
+    """Run `fn` on the site's tensor at every call in `mode`; its return value replaces the tensor.
+
+    `graph` declares the edit safe to replay in a CUDA graph (see the module docstring)."""
     if mode not in MODES:
         raise ValueError(f"patch mode {mode!r}; allowed: {', '.join(MODES)}")
     resolved = site if isinstance(site, Site) else resolve(model, site, model_name)
@@ -95,10 +153,19 @@ def edit_site(model: nn.Module, site: str | Site, fn: EditFn, *, mode: str = "al
         log.edited += 1
         return _rebuild(value, new)
 
+    def pre_hook(_module: nn.Module, args: Any) -> Any:
+        return apply(args)
+
+    def post_hook(_module: nn.Module, _args: Any, out: Any) -> Any:
+        return apply(out)
+
+    if graph is not None:  # found by graph_edits on whichever of the two is registered
+        pre_hook.graph_edit = post_hook.graph_edit = GraphEdit(  # type: ignore[attr-defined]
+            resolved.name, mode, graph, log)
     if resolved.direction == "input":
-        handle = resolved.module.register_forward_pre_hook(lambda _m, args: apply(args))
+        handle = resolved.module.register_forward_pre_hook(pre_hook)
     else:
-        handle = resolved.module.register_forward_hook(lambda _m, _args, out: apply(out))
+        handle = resolved.module.register_forward_hook(post_hook)
     try:
         yield log
     finally:

@@ -2,7 +2,8 @@
 
 Every manager yields the `CallLog` of its hook (calls counted by sequence length, and how many it edited) and
 removes its hooks in `finally`. Each per-call edit is one tensor op on tensors built once, so the hooks cost
-next to nothing per decode step and never synchronise with the host.
+next to nothing per decode step and never synchronise with the host. Each declares what it reads at a decode step
+(`hooks.GraphSafe`), so the graph decode path (`harness.engine.decode`) records it into its CUDA graph.
 
 Residual patch (claims-spec A.4, W-A3). The source's rows are aligned to the END of the target: the target's
 last W positions receive the source's last W rows, W = min(window, T_target, T_src), as published. Inside a
@@ -22,7 +23,8 @@ from functools import partial
 import torch
 from torch import nn
 
-from harness.engine.hooks import MODES, Call, CallLog, capture, edit_site
+from harness.engine.formatting import RAW, PromptFormat
+from harness.engine.hooks import MODES, Call, CallLog, GraphSafe, capture, edit_site
 from harness.engine.models import Dims, LoadedModel
 from harness.engine.runner import encode
 from harness.engine.sites import decoder_layers
@@ -44,7 +46,9 @@ def zero_attention_output(model: nn.Module, layer: int,
     def zero(out: torch.Tensor, _call: Call) -> torch.Tensor:  # out: (batch, seq, d_model)
         return torch.zeros_like(out) if chosen is None else out.masked_fill(chosen, 0.0)
 
-    with edit_site(model, f"blocks.{layer}.attn.out", zero) as log:
+    safe = GraphSafe(("zero_attention_output", chosen is None),
+                     (lambda: {"rows": chosen}) if chosen is not None else dict)
+    with edit_site(model, f"blocks.{layer}.attn.out", zero, graph=safe) as log:
         yield log
 
 
@@ -56,8 +60,9 @@ def skip_layer(model: nn.Module, layer: int) -> Iterator[CallLog]:
     def keep(hidden: torch.Tensor, _call: Call) -> None:
         held[:] = [hidden]
 
-    with edit_site(model, f"blocks.{layer}.resid_pre", keep), \
-            edit_site(model, f"blocks.{layer}.resid_post", lambda _out, _call: held.pop()) as log:
+    with edit_site(model, f"blocks.{layer}.resid_pre", keep, graph=GraphSafe(("skip_layer_keep",), dict, False)), \
+            edit_site(model, f"blocks.{layer}.resid_post", lambda _out, _call: held.pop(),
+                      graph=GraphSafe(("skip_layer_return",))) as log:
         yield log
 
 
@@ -87,7 +92,8 @@ def scale_heads(model: nn.Module, layer: int, heads: Sequence[int], factor: floa
             cast["scale"] = flat.to(z.device, z.dtype)
         return z * cast["scale"]
 
-    with edit_site(model, f"blocks.{layer}.attn.z", scale) as log:
+    with edit_site(model, f"blocks.{layer}.attn.z", scale,
+                   graph=GraphSafe(("scale_heads",), lambda: {"scale": cast["scale"]})) as log:
         yield log
 
 
@@ -195,7 +201,11 @@ def patch_residual(model: nn.Module, layer: int, source: torch.Tensor | PatchSou
             return torch.where(plan.chosen, plan.last, out) if generated else None
         return _uncached(out, plan, prompt, generated)
 
-    with edit_site(model, f"blocks.{layer}.resid_post", patch) as log:
+    def decode_tensors() -> dict[str, torch.Tensor]:
+        return {"rows": state["plan"].chosen, "last": state["plan"].last} if generated else {}
+
+    safe = GraphSafe(("patch_residual", generated), decode_tensors, generated)
+    with edit_site(model, f"blocks.{layer}.resid_post", patch, graph=safe) as log:
         yield log
 
 
@@ -231,13 +241,13 @@ def _last_rows(hidden: torch.Tensor, lengths: torch.Tensor, window: int) -> torc
 
 
 def capture_sources(lm: LoadedModel, prompts: Sequence[str], layers: Sequence[int], window: int,
-                    batch_size: int = 32) -> SourceRun:
+                    batch_size: int = 32, fmt: PromptFormat = RAW) -> SourceRun:
     """Run the source prompts unpatched (right padded, batched): each layer's last rows, and the argmax."""
     kept: dict[int, list[torch.Tensor]] = {layer: [] for layer in layers}
     tokens: list[torch.Tensor] = []
     lengths: list[int] = []
     for start in range(0, len(prompts), batch_size):
-        enc = encode(lm, prompts[start : start + batch_size])
+        enc = encode(lm, prompts[start : start + batch_size], fmt)
         last = torch.tensor(enc.lengths, device=lm.device)
         sites = [f"blocks.{layer}.resid_post" for layer in layers]
         reduce = partial(_last_rows, lengths=last, window=window)

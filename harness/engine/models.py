@@ -5,6 +5,7 @@ Every dimension is read from the loaded model's config (`Dims`), never from this
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -234,10 +235,12 @@ def load(
     seed: int = 0,
     allow_download: bool = False,
     shard_devices: Sequence[str] = (),
+    dtype: str | None = None,
 ) -> LoadedModel:
     """Load a model as the claim needs it. Missing weights raise ModelUnavailable with the fix.
 
-    `shard_devices` (two or more GPUs) splits the model layer-wise across them with accelerate.
+    `shard_devices` (two or more GPUs) splits the model layer-wise across them with accelerate. `dtype` (a
+    claim protocol's, e.g. "float16") overrides the registry's dtype for the spec.
     """
     from transformers.utils import logging as hf_logging
 
@@ -245,13 +248,16 @@ def load(
     devices = list(shard_devices) if len(shard_devices) > 1 else [device]
     if weights not in WEIGHTS:
         raise ValueError(f"weights={weights!r}; allowed: {WEIGHTS}")
+    if dtype is not None and dtype not in DTYPES:
+        raise ValueError(f"dtype={dtype!r} for {spec.id!r}; allowed: {', '.join(DTYPES)}")
+    torch_dtype = DTYPES[dtype or spec.dtype]
     offline = spec.tiny and model_path is None  # built here, with the offline tokenizer
     if offline:
         if cache_dir is None:
             raise ValueError(f"tiny model {spec.id!r} needs a cache_dir to be saved to and loaded from")
         model_path = build_tiny(spec, cache_dir / spec.id, seed=seed)
     if weights == "random" and not spec.tiny:
-        return _load_random(spec, devices, seed)
+        return _load_random(spec, devices, seed, torch_dtype)
     local_only = allow_download is False or os.environ.get("HF_HUB_OFFLINE") == "1"
     source = str(model_path) if model_path is not None else spec.hf_id
     found = modeldir.problem(model_path) if model_path is not None and not spec.tiny else None
@@ -259,7 +265,7 @@ def load(
         raise ModelPathError(f"--model-path {spec.id}={model_path}: the path {found}; give {modeldir.HOW}")
     revision = None if model_path is not None else spec.revision
     try:
-        model = _from_pretrained(source, revision, DTYPES[spec.dtype], devices, local_only)
+        model = _from_pretrained(source, revision, torch_dtype, devices, local_only)
         tokenizer = AutoTokenizer.from_pretrained(source, revision=revision, local_files_only=local_only)
     except Exception as err:  # re-raised below, as what it means for this model
         if model_path is not None:  # the user named this directory: what is wrong with it is an error
@@ -287,7 +293,7 @@ def model_seed(spec: ModelSpec, seed: int) -> int:
     return seed + int(hashlib.sha256(spec.id.encode()).hexdigest()[:6], 16)
 
 
-def _load_random(spec: ModelSpec, devices: Sequence[str], seed: int) -> LoadedModel:
+def _load_random(spec: ModelSpec, devices: Sequence[str], seed: int, dtype: torch.dtype | None = None) -> LoadedModel:
     """The published architecture at full size with seeded random weights and the offline tokenizer.
 
     On one device the weights are drawn there; to shard, they are drawn on the CPU and then dispatched, so a
@@ -296,16 +302,48 @@ def _load_random(spec: ModelSpec, devices: Sequence[str], seed: int) -> LoadedMo
     lines = corpus_lines()
     config = _config_from(spec)
     weight_seed = model_seed(spec, seed)
+    dtype = dtype or DTYPES[spec.dtype]
     if len(devices) == 1:
-        model = _from_config(config, DTYPES[spec.dtype], devices[0], weight_seed)
+        model = _from_config(config, dtype, devices[0], weight_seed)
     else:
-        model = place(_from_config(config, DTYPES[spec.dtype], "cpu", weight_seed), devices)
+        model = place(_from_config(config, dtype, "cpu", weight_seed), devices)
     tokenizer = build_offline_tokenizer(lines)
     resolved = f"random:seed{seed}:{_digest(architecture(spec))}"
     provenance = {"tokenizer": f"harness-offline-bpe:{corpus_digest(lines)}", "random_seed": seed,
                   "weight_seed": weight_seed, "devices": list(devices)}
     return LoadedModel(spec, model, _prepared(readable(tokenizer)), "random", resolved,
                        f"fixtures/models/{spec.config}", provenance)
+
+
+def null_seed(spec: ModelSpec, seed: int) -> int:
+    """The seed of a model's null-weights twin: apart from `model_seed`, so that under `--weights random` the
+    twin is not the model under test itself."""
+    return model_seed(spec, seed) + 0x5EED
+
+
+def _model_devices(lm: LoadedModel) -> list[str]:
+    """The devices `lm` sits on: every device of an accelerate device map, else the one of its parameters."""
+    mapped = getattr(lm.model, "hf_device_map", None) or {}
+    found = [d for d in dict.fromkeys(str(v) for v in mapped.values()) if d not in ("cpu", "disk")]
+    return [f"cuda:{d}" if d.isdigit() else d for d in found] or [str(lm.device)]
+
+
+def random_twin(lm: LoadedModel, seed: int) -> LoadedModel:
+    """A seeded random-weight twin of `lm` for the null-weights check: the same config (architecture), dtype,
+    device(s) and tokenizer, with the weights drawn afresh where the model sits (no copy of the trained ones).
+    """
+    config = copy.deepcopy(lm.model.config)
+    devices = _model_devices(lm)
+    weight_seed = null_seed(lm.spec, seed)
+    if len(devices) == 1:
+        model = _from_config(config, lm.model.dtype, devices[0], weight_seed)
+    else:
+        model = place(_from_config(config, lm.model.dtype, "cpu", weight_seed), devices)
+    resolved = f"random-twin:seed{weight_seed}:{_digest(config.to_dict())}"
+    provenance = {"twin_of": lm.id, "twin_of_revision": lm.resolved_revision, "weight_seed": weight_seed,
+                  "devices": devices}
+    return LoadedModel(lm.spec, model, lm.tokenizer, "random", resolved, f"random-weight twin of {lm.source}",
+                       provenance)
 
 
 def _prepared(tokenizer: Any) -> Any:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+from harness.engine.formatting import RAW, PromptFormat
 from harness.engine.hooks import StopForward, capture, stop_after
 from harness.engine.models import LoadedModel
 from harness.engine.sites import parse
@@ -67,20 +68,22 @@ def batch_end(counts: Sequence[int], start: int, size: int, token_budget: int) -
     return stop
 
 
-def encode(lm: LoadedModel, prompts: Sequence[str]) -> Encoded:
-    """Tokenise raw text as the sources did: no chat template, BOS as the model's spec says."""
+def encode(lm: LoadedModel, prompts: Sequence[str], fmt: PromptFormat = RAW) -> Encoded:
+    """Tokenise prompts in `fmt` (default: raw text as the sources did, BOS as the model's spec says)."""
     if not prompts:
         raise ValueError(f"no prompts to encode for {lm.id}; give at least one")
-    enc = lm.tokenizer(list(prompts), add_special_tokens=lm.spec.bos, padding=True, return_tensors="pt")
+    texts, special = fmt.texts(lm.tokenizer, prompts, lm.spec.bos)
+    enc = lm.tokenizer(texts, add_special_tokens=special, padding=True, return_tensors="pt")
     mask = enc["attention_mask"]
     return Encoded(enc["input_ids"].to(lm.device), mask.to(lm.device), [int(n) for n in mask.sum(1)])
 
 
-def token_counts(lm: LoadedModel, prompts: Sequence[str]) -> list[int]:
+def token_counts(lm: LoadedModel, prompts: Sequence[str], fmt: PromptFormat = RAW) -> list[int]:
     """Each prompt's token count as `encode` would give it (one batched tokenizer call)."""
     if not prompts:
         return []
-    return [len(ids) for ids in lm.tokenizer(list(prompts), add_special_tokens=lm.spec.bos)["input_ids"]]
+    texts, special = fmt.texts(lm.tokenizer, prompts, lm.spec.bos)
+    return [len(ids) for ids in lm.tokenizer(texts, add_special_tokens=special)["input_ids"]]
 
 
 @dataclass(frozen=True)
@@ -123,7 +126,7 @@ class Captured:
 
 
 def forward_capture(lm: LoadedModel, prompts: Sequence[str], sites: Sequence[str], window: Window,
-                    batch_size: int = 32) -> Captured:
+                    batch_size: int = 32, fmt: PromptFormat = RAW) -> Captured:
     """Run `prompts` in batches; keep only each site's window. Stops after the deepest site's layer.
 
     A batch holds at most `batch_size` prompts and `lm.token_budget` padded tokens; a prompt longer than the
@@ -132,7 +135,7 @@ def forward_capture(lm: LoadedModel, prompts: Sequence[str], sites: Sequence[str
     """
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size}; use a positive batch size (--claim-batch-size), e.g. 32")
-    counts = token_counts(lm, prompts)
+    counts = token_counts(lm, prompts, fmt)
     check_lengths(lm, prompts, counts)
     last_layer = max(parse(site)[0] for site in sites)
     kept: dict[str, list[torch.Tensor]] = {site: [] for site in sites}
@@ -141,7 +144,7 @@ def forward_capture(lm: LoadedModel, prompts: Sequence[str], sites: Sequence[str
     while start < len(prompts):
         chunk = prompts[start : batch_end(counts, start, size, lm.token_budget)]
         try:
-            acts, enc_lengths = _capture_batch(lm, chunk, sites, window, last_layer)
+            acts, enc_lengths = _capture_batch(lm, chunk, sites, window, last_layer, fmt)
         except torch.OutOfMemoryError:
             if size == 1:
                 raise
@@ -156,8 +159,8 @@ def forward_capture(lm: LoadedModel, prompts: Sequence[str], sites: Sequence[str
 
 
 def _capture_batch(lm: LoadedModel, chunk: Sequence[str], sites: Sequence[str], window: Window,
-                   last_layer: int) -> tuple[dict[str, list[torch.Tensor]], list[int]]:
-    enc = encode(lm, chunk)
+                   last_layer: int, fmt: PromptFormat) -> tuple[dict[str, list[torch.Tensor]], list[int]]:
+    enc = encode(lm, chunk, fmt)
     keep = capture(lm.model, sites, lambda t: window.gather(t, enc.lengths), model_name=lm.id)
     # the early stop after the deepest site is the normal end of this forward
     with torch.no_grad(), keep as acts, stop_after(lm.model, last_layer, lm.id), suppress(StopForward):

@@ -25,6 +25,7 @@ from harness.plugin.fixtures import (
     lm,
     model_cache,
     model_id,
+    null_lm,
     prompt_bank,
     published_data,
     published_dir,
@@ -32,7 +33,7 @@ from harness.plugin.fixtures import (
 )
 from harness.plugin.options import check_given, pytest_addoption
 
-__all__ = ["claim", "harness_options", "lm", "model_cache", "model_id", "prompt_bank", "published_data",
+__all__ = ["claim", "harness_options", "lm", "model_cache", "model_id", "null_lm", "prompt_bank", "published_data",
            "published_dir", "pytest_addoption", "pytest_collection_finish", "pytest_collection_modifyitems",
            "pytest_configure", "pytest_generate_tests", "record_claim"]
 

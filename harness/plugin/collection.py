@@ -16,13 +16,19 @@ import pytest
 from harness.plugin.state import ITEM_KEY, state
 
 if TYPE_CHECKING:
+    from harness.claimkit.params import Schema
     from harness.claimkit.prompts import PromptBank
     from harness.claimkit.registry import Claim
     from harness.plugin.options import Options
 
 
-def claim_of(config: pytest.Config, claim_id: str, module_file: str | None) -> Claim:
-    """The claim a module names: its own folder's claim.toml first, then --claims-dir, then the seed claims."""
+def claim_of(config: pytest.Config, claim_id: str, module_file: str | None, schema: Schema | None = None) -> Claim:
+    """The claim a module names: its own folder's claim.toml first, then --claims-dir, then the seed claims.
+
+    With the `schema` the module's marker declares, the claim's [protocol] and [controls.*] tables are checked
+    against it (typed parameters) before any test of the claim runs.
+    """
+    from harness.claimkit.params import validate
     from harness.claimkit.registry import ClaimError, get_claim, load_claim, load_claims
 
     known = state(config).claims
@@ -36,8 +42,10 @@ def claim_of(config: pytest.Config, claim_id: str, module_file: str | None) -> C
             given = config.getoption("--claims-dir")
             pool = load_claims(Path(given)) if given else {}
             claim = get_claim(claim_id, {**load_claims(), **pool})
-    except ClaimError as err:
-        raise pytest.UsageError(str(err)) from err
+        if schema is not None:
+            validate(claim, schema)
+    except ClaimError as err:  # a collection error of this module, shown as the message alone (no traceback)
+        raise pytest.Collector.CollectError(str(err)) from err
     known[claim.id] = claim
     return claim
 
@@ -85,7 +93,8 @@ def parametrize(metafunc: pytest.Metafunc) -> None:
             raise pytest.UsageError(f"{metafunc.definition.nodeid} takes model_id but has no "
                                     "@pytest.mark.claim(id)")
         return
-    claim = claim_of(metafunc.config, marker.args[0], getattr(metafunc.module, "__file__", None))
+    claim = claim_of(metafunc.config, marker.args[0], getattr(metafunc.module, "__file__", None),
+                     marker.kwargs.get("schema"))
     if "prompt_bank" in metafunc.fixturenames:
         claim_bank(metafunc.config, claim)
     if "model_id" not in metafunc.fixturenames:
@@ -100,17 +109,71 @@ def parametrize(metafunc: pytest.Metafunc) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if state(config).usage_errors:
+    """Name each claim item's (claim, protocol, model, kind) and what its claim declares; deselect the
+    protocols skipped on purpose (--skip-control) and the null-weights check when opted out."""
+    if state(config).usage_errors:  # found while parametrizing: one usage error, said once
         raise pytest.UsageError(*state(config).usage_errors)
-    for item in items:
-        marker = item.get_closest_marker("claim")
-        if marker is None:
-            continue
-        params: dict[str, Any] = getattr(getattr(item, "callspec", None), "params", {})
-        protocol = params.get("protocol") or item.originalname.removeprefix("test_")  # type: ignore[attr-defined]
-        raw = params.get("model_id", "published-data")
-        model = raw if isinstance(raw, str) else "no-model-selected"  # pytest's NOTSET for an empty selection
-        item.user_properties.append((ITEM_KEY, {"claim": marker.args[0], "protocol": str(protocol), "model": model}))
+    claim_items = [item for item in items if item.get_closest_marker("claim") is not None]
+    if not claim_items:
+        return
+    opts = state(config).options()
+    _check_skips(config, opts)
+    dropped: list[pytest.Item] = []
+    for item in claim_items:
+        ident = identify(config, item, opts)
+        item.user_properties.append((ITEM_KEY, ident))
+        if _skipped(ident, opts):
+            dropped.append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        gone = set(dropped)
+        items[:] = [item for item in items if item not in gone]
+
+
+def identify(config: pytest.Config, item: pytest.Item, opts: Options) -> dict[str, Any]:
+    from harness.claimkit.declare import declared, protocol_kind
+
+    marker = item.get_closest_marker("claim")
+    assert marker is not None
+    params: dict[str, Any] = getattr(getattr(item, "callspec", None), "params", {})
+    protocol = str(params.get("protocol") or item.originalname.removeprefix("test_"))  # type: ignore[attr-defined]
+    raw = params.get("model_id", "published-data")
+    model = raw if isinstance(raw, str) else "no-model-selected"  # pytest's NOTSET for an empty selection
+    claim = state(config).claims.get(marker.args[0])
+    ident: dict[str, Any] = {"claim": marker.args[0], "protocol": protocol, "model": model,
+                             "kind": protocol_kind(claim, protocol)}
+    if claim is not None:
+        ident["declared"] = declared(claim, model_based="model_id" in params,
+                                     skipped=opts.skip_controls.get(claim.id, ()),
+                                     null_weights=opts.null_weights).as_dict()
+    return ident
+
+
+def _skipped(ident: dict[str, Any], opts: Options) -> bool:
+    from harness.claimkit.declare import NULL_WEIGHTS_PROTOCOL
+
+    if ident["protocol"] == NULL_WEIGHTS_PROTOCOL and not opts.null_weights:
+        return True
+    _, sep, name = ident["protocol"].partition(":")
+    return bool(sep) and name in opts.skip_controls.get(ident["claim"], ())
+
+
+def _check_skips(config: pytest.Config, opts: Options) -> None:
+    """Every --skip-control names a known claim and one of its controls (else a usage error with a hint)."""
+    from harness.claimkit.declare import check_skipped
+    from harness.claimkit.registry import ClaimError, get_claim, load_claims
+
+    known = state(config).claims
+    for claim_id, names in opts.skip_controls.items():
+        try:
+            if claim_id in known:
+                claim = known[claim_id]
+            else:
+                given = config.getoption("--claims-dir")
+                claim = get_claim(claim_id, {**load_claims(), **(load_claims(Path(given)) if given else {})})
+            check_skipped(claim, names)
+        except ClaimError as err:
+            raise pytest.UsageError(f"--skip-control: {err}") from err
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
     from harness.report.document import Report
 
-Ident = dict[str, str]  # claim, model, protocol of one item
+Ident = dict[str, Any]  # claim, model, protocol, kind and declaration of one item
 
 
 class ReportCollector:
@@ -49,8 +49,10 @@ class ReportCollector:
             from harness.plugin.options import report_paths
             from harness.report.document import Report
 
+            checks = {"null_weights": not self.config.getoption("--no-null-weights"),
+                      "skip_control": list(self.config.getoption("--skip-control"))}
             self.report = Report(report_paths(self.config)["--claims-json"], self.config.getoption("--claim-seed"),
-                                 sys.argv[1:], self.config.rootpath, started=self._started)
+                                 sys.argv[1:], self.config.rootpath, started=self._started, checks=checks)
         return self.report
 
     def _write(self, action: Any) -> None:
@@ -108,8 +110,10 @@ class ReportCollector:
         report.user_properties = [(k, v) for k, v in props if k not in (RESULT_KEY, ITEM_KEY, PLAN_KEY)]
         ident = ident or self.plan.get(report.nodeid)
         if report.when == "call":
-            for res in results:
-                self.add({**res, "outcome": report.outcome, "duration_s": report.duration, "nodeid": report.nodeid})
+            for res in results:  # the session's declaration (its skips, its null-weights choice) wins
+                declared = (ident or {}).get("declared", res.get("declared"))
+                self.add({**res, "declared": declared, "outcome": report.outcome, "duration_s": report.duration,
+                          "nodeid": report.nodeid})
             if not results and ident is not None and report.outcome != "passed":
                 self.add(placeholder(ident, report, "error" if report.failed else "skipped"))
         elif report.when == "setup" and ident is not None and not report.passed:
@@ -122,7 +126,8 @@ class ReportCollector:
     def not_run(self) -> list[dict[str, str]]:
         """Planned items that recorded nothing (an interrupted run, a stop after -x, a lost worker's queue)."""
         done = {r.get("nodeid") for r in (self.report.results if self.report else [])}
-        return [{**ident, "nodeid": nodeid} for nodeid, ident in self.plan.items() if nodeid not in done]
+        return [{"claim": ident["claim"], "model": ident["model"], "protocol": ident["protocol"], "nodeid": nodeid}
+                for nodeid, ident in self.plan.items() if nodeid not in done]
 
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
         if self.report is None:
@@ -196,8 +201,9 @@ class PlanSender:
         return report
 
 
-def placeholder(ident: Ident, report: pytest.TestReport, outcome: str) -> dict[str, Any]:
+def placeholder(ident: dict[str, Any], report: pytest.TestReport, outcome: str) -> dict[str, Any]:
+    """A protocol that was skipped or errored before it recorded a result; its kind and its claim's
+    declaration come from collection (the controller has no claim files under pytest-xdist)."""
     reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longreprtext)[-2000:]
-    kind = "control" if ident["protocol"].startswith("control") else "as_published"
-    return {**ident, "kind": kind, "passed": None, "outcome": outcome, "reason": reason, "nodeid": report.nodeid,
+    return {**ident, "passed": None, "outcome": outcome, "reason": reason, "nodeid": report.nodeid,
             "duration_s": report.duration, "weights": None}

@@ -17,46 +17,69 @@ if TYPE_CHECKING:
     from harness.claimkit.prompts import PromptBank
     from harness.claimkit.registry import Claim
     from harness.engine.models import LoadedModel
+    from harness.engine.specs import ModelSpec
     from harness.plugin.options import Options
 
 RESULT_KEY = "claim_harness.result"  # the user_property that carries one protocol result
 
 
 class ModelCache:
-    """Loaded models, at most `size` at a time (a base and its instruct twin), freed in order of use."""
+    """Loaded models keyed by (model id, dtype), at most `size` at a time (a base and its instruct model), and
+    as many null-weights twins beside them, each freed in order of use."""
 
     def __init__(self, opts: Options, size: int = 2) -> None:
         self.opts, self.size = opts, size
-        self._loaded: OrderedDict[str, Any] = OrderedDict()
+        self._loaded: OrderedDict[tuple[str, str | None], Any] = OrderedDict()
+        self._twins: OrderedDict[tuple[str, str | None], Any] = OrderedDict()
         self.unavailable: dict[str, str] = {}  # model -> why its weights are missing (a skip)
         self.broken: dict[str, str] = {}  # model -> why the directory the user named does not load (an error)
 
-    def get(self, model_id: str) -> LoadedModel:
-        """The loaded model. Missing weights skip the test (the summary gives the fix once); a failed load is
-        remembered, so later tests do not try again."""
-        if model_id in self._loaded:
-            self._loaded.move_to_end(model_id)
-            return self._loaded[model_id]
+    def get(self, model_id: str, dtype: str | None = None) -> LoadedModel:
+        """The model, in `dtype` (a claim protocol's) or the registry's. Missing weights skip the test (the
+        summary gives the fix once); a failed load is remembered, so later tests do not try again."""
         if model_id in self.unavailable:
             pytest.skip(self.unavailable[model_id])
-        while len(self._loaded) >= self.size:
-            self._loaded.popitem(last=False)
+
+        def build() -> LoadedModel:
+            lm = self._load(model_id, dtype)
+            if lm is None:
+                pytest.skip(self.unavailable[model_id])
+            lm.token_budget = self.opts.token_budget
+            return lm
+
+        return self._cached(self._loaded, (model_id, dtype), build)
+
+    def null_twin(self, lm: LoadedModel, dtype: str | None = None) -> LoadedModel:
+        """The seeded random-weight twin of `lm` (same architecture, dtype and devices): the null-weights check."""
+        from harness.engine.models import random_twin
+
+        def build() -> LoadedModel:
+            twin = random_twin(lm, self.opts.seed)
+            twin.token_budget = self.opts.token_budget
+            return twin
+
+        return self._cached(self._twins, (lm.id, dtype), build)
+
+    def _cached(self, store: OrderedDict[tuple[str, str | None], Any], key: tuple[str, str | None],
+                build: Callable[[], LoadedModel]) -> LoadedModel:
+        if key in store:
+            store.move_to_end(key)
+            return store[key]
+        while len(store) >= self.size:
+            store.popitem(last=False)
             free_device_memory()
-        lm = self._load(model_id)
-        if lm is None:
-            pytest.skip(self.unavailable[model_id])
-        lm.token_budget = self.opts.token_budget
-        self._loaded[model_id] = lm
+        lm = build()
+        store[key] = lm
         return lm
 
-    def _load(self, model_id: str) -> LoadedModel | None:
+    def _load(self, model_id: str, dtype: str | None) -> LoadedModel | None:
         from harness.engine.models import ModelPathError, ModelUnavailable, load
 
         opts = self.opts
         try:
             return load(opts.registry[model_id], weights=opts.weights, device=opts.device,
                         model_path=opts.model_paths.get(model_id), cache_dir=opts.cache_dir, seed=opts.seed,
-                        allow_download=opts.allow_download, shard_devices=opts.shard_devices)
+                        allow_download=opts.allow_download, shard_devices=opts.shard_devices, dtype=dtype)
         except ModelUnavailable as err:
             self.unavailable[model_id] = str(err)
         except ModelPathError as err:
@@ -66,6 +89,7 @@ class ModelCache:
 
     def clear(self) -> None:
         self._loaded.clear()
+        self._twins.clear()
         free_device_memory()
 
 
@@ -97,14 +121,15 @@ def model_id(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def lm(request: pytest.FixtureRequest, model_id: str, model_cache: ModelCache) -> LoadedModel:
-    """The model under test, loaded once per session and model (the cache keeps it). A model that fails to
-    load from a path the user gave is an error, given in full once per run."""
+def lm(request: pytest.FixtureRequest, model_id: str, model_cache: ModelCache, claim: Claim,
+       harness_options: Options) -> LoadedModel:
+    """The model under test in its claim's protocol dtype, loaded once per session, model and dtype. A model
+    that fails to load from a path the user gave is an error, given in full once per run."""
     from harness.engine.models import ModelPathError
 
     if model_id not in model_cache.broken:
         try:
-            return model_cache.get(model_id)
+            return model_cache.get(model_id, protocol_dtype(claim, harness_options.registry[model_id]))
         except ModelPathError:
             pass  # remembered in model_cache.broken; failed below, outside this handler (no chained traceback)
     fail_once(request, ("load", model_id), model_cache.broken[model_id], f"{model_id} did not load")
@@ -116,6 +141,19 @@ def fail_once(request: pytest.FixtureRequest, key: tuple[str, ...], message: str
     if first == request.node.nodeid:
         pytest.fail(message, pytrace=False)
     pytest.fail(f"{short}; the error is given once per run, at {first}", pytrace=False)
+
+
+@pytest.fixture
+def null_lm(lm: LoadedModel, model_cache: ModelCache, claim: Claim) -> LoadedModel:
+    """The null-weights check's model: a seeded random-weight twin of `lm` (see harness.engine.models)."""
+    return model_cache.null_twin(lm, protocol_dtype(claim, lm.spec))
+
+
+def protocol_dtype(claim: Claim, spec: ModelSpec) -> str | None:
+    """The dtype a claim's protocol names (the source's), or None for the registry's. Tiny stand-ins keep the
+    registry's float32: they check that a protocol runs, and float16 matmuls are emulated on the CPU."""
+    value = claim.protocol.get("dtype")
+    return str(value) if value is not None and not spec.tiny else None
 
 
 @pytest.fixture

@@ -43,6 +43,8 @@ class Options:
     shard_devices: list[str] = field(default_factory=list)
     token_budget: int = DEFAULT_TOKEN_BUDGET
     cache_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix=CACHE_PREFIX)))
+    skip_controls: dict[str, tuple[str, ...]] = field(default_factory=dict)  # claim id -> controls skipped on purpose
+    null_weights: bool = True  # run the null-weights check (the as-published criterion on a random-weight twin)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -72,6 +74,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     "the tables vendored with the harness)")
     group.addoption("--gpus-per-model", type=int, default=1, help="shard each model across N GPUs; under "
                     "pytest-xdist worker k gets GPUs k*N .. k*N+N-1")
+    group.addoption("--skip-control", action="append", default=[], metavar="CLAIM.CONTROL",
+                    help="skip a declared control, null or robustness check on purpose (repeatable): it does not "
+                    "run and the verdict lists it as skipped on purpose; a control merely deselected (-k) "
+                    "leaves the verdict inconclusive")
+    group.addoption("--no-null-weights", action="store_true", help="opt out of the null-weights check (each "
+                    "claim's as-published criterion on a seeded random-weight twin of its model), e.g. for "
+                    "CPU-bound runs of large models; the report says it was not done")
 
 
 def pairs(values: list[str], option: str) -> dict[str, Path]:
@@ -84,9 +93,22 @@ def pairs(values: list[str], option: str) -> dict[str, Path]:
     return found
 
 
+def skipped_controls(values: list[str]) -> dict[str, tuple[str, ...]]:
+    """--skip-control CLAIM.CONTROL values by claim id (the names are checked against each claim at collection)."""
+    found: dict[str, list[str]] = {}
+    for value in values:
+        claim, sep, control = value.partition(".")
+        if not sep or not claim or not control:
+            raise pytest.UsageError(f"--skip-control {value!r}: expected CLAIM.CONTROL, e.g. "
+                                    "--skip-control rv_contraction.chat_template")
+        found.setdefault(claim, []).append(control)
+    return {claim: tuple(dict.fromkeys(names)) for claim, names in found.items()}
+
+
 def check_given(config: pytest.Config) -> None:
     """Fail at start-up on an option the user gave with a bad value (the defaults are always valid)."""
     check_model_dirs(pairs(config.getoption("--model-path"), "--model-path"))
+    skipped_controls(config.getoption("--skip-control"))
     pairs(config.getoption("--prompt-bank"), "--prompt-bank")
     for option, unit in (("--gpus-per-model", "GPUs"), ("--claim-batch-size", "prompts"),
                          ("--claim-token-budget", "tokens")):
@@ -182,7 +204,9 @@ def build(config: pytest.Config) -> Options:
                    config.getoption("--claim-seed"), config.getoption("--allow-download"),
                    config.getoption("--claim-batch-size"), registry,
                    Path(given).expanduser() if given else published_dir(), devices if len(devices) > 1 else [],
-                   config.getoption("--claim-token-budget"))
+                   token_budget=config.getoption("--claim-token-budget"),
+                   skip_controls=skipped_controls(config.getoption("--skip-control")),
+                   null_weights=not config.getoption("--no-null-weights"))
 
 
 def unused_model_paths(opts: Options) -> list[str]:

@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from harness import __version__
-from harness.claimkit.registry import verdict
+from harness.claimkit.verdicts import Declared, verdict
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "2.0"
 RESULT_KEY = "claim_harness.result"  # the user_property that carries one protocol result
 PACKAGES = ("torch", "transformers", "numpy", "scipy", "pytest", "tokenizers", "accelerate")
 
@@ -100,30 +100,57 @@ def atomic_write(path: Path, text: str) -> None:
 
 
 def aggregate(results: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One verdict per (claim, model) from its protocol results."""
+    """One verdict per (claim, model) from its protocol results (harness.claimkit.verdicts.verdict)."""
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for res in results:
         groups.setdefault((res["claim"], res["model"]), []).append(res)
     return [_verdict_of(claim, model, items) for (claim, model), items in sorted(groups.items())]
 
 
+MAIN_KINDS = ("as_published", "rederive", "measure")
+
+
+def declared_of(items: Iterable[dict[str, Any]]) -> Declared:
+    """What the claim declares, as its results carry it (every worker's and host's, joined)."""
+    return Declared.union(Declared.from_dict(r["declared"]) for r in items if r.get("declared"))
+
+
 def _verdict_of(claim: str, model: str, items: list[dict[str, Any]]) -> dict[str, Any]:
-    main = [r for r in items if r["kind"] in ("as_published", "rederive")]
-    controls = {r["protocol"]: r.get("passed") for r in items if r["kind"] == "control"}
+    declared = declared_of(items)
+    judged = verdict(items, declared)
+    main = [r for r in items if r["kind"] in MAIN_KINDS]
     outcomes = {r.get("outcome") for r in items}
+    label, reasons = judged.verdict, list(judged.reasons)
     if main and all(r.get("outcome") == "skipped" for r in main):
-        label = "skipped"
+        label, reasons = "skipped", [str(r.get("reason", "")) for r in main[:1]]
     elif "error" in outcomes:
         label = "error"
-    else:
-        held = [r.get("passed") for r in main]
-        first = None if not held or None in held else all(held)
-        label = verdict(first, controls)
-    weights = sorted({str(r.get("weights")) for r in items})
-    return {"claim": claim, "model": model, "verdict": label,
-            "as_published": {r["protocol"]: r.get("passed") for r in main}, "controls": controls,
-            "non_diagnostic": any(r.get("non_diagnostic") for r in items), "weights": weights,
-            "diagnostic_weights": all(w in ("pretrained", "published-data") for w in weights)}
+        reasons = [f"{r['protocol']}: error" for r in items if r.get("outcome") == "error"]
+    weights = sorted({str(r.get("weights")) for r in items if r.get("weights") is not None})
+    return {"claim": claim, "model": model, "verdict": label, "reasons": reasons,
+            "as_published": {r["protocol"]: r.get("passed") for r in main}, "controls": judged.controls,
+            "robustness": judged.robustness, "nulls": judged.nulls, "not_run": judged.not_run,
+            "skipped_on_purpose": judged.skipped_on_purpose, "n_needed": judged.n_needed,
+            "non_diagnostic": any(held is True for held in judged.nulls.values()),
+            "null_weights": null_weights_status(judged.nulls, declared, model),
+            "weights": weights, "diagnostic_weights": all(w in ("pretrained", "published-data") for w in weights)}
+
+
+def null_weights_status(nulls: dict[str, bool | None], declared: Declared, model: str) -> str:
+    """What the report says about the null-weights check of one (claim, model)."""
+    from harness.claimkit.declare import NULL_WEIGHTS, NULL_WEIGHTS_PROTOCOL
+
+    if model == "published-data":
+        return "not applicable (no model)"
+    if NULL_WEIGHTS_PROTOCOL in nulls:
+        held = nulls[NULL_WEIGHTS_PROTOCOL]
+        return {True: "ran: the criterion also holds on random weights (non-diagnostic)",
+                False: "ran: the criterion fails on random weights", None: "ran: not evaluable"}[held]
+    if NULL_WEIGHTS in declared.skipped_on_purpose:
+        return "not run: skipped on purpose (--skip-control)"
+    if not declared.null_weights:
+        return "not run: opted out (--no-null-weights)"
+    return "not run"
 
 
 @dataclass
@@ -134,12 +161,13 @@ class Report:
     root: Path
     results: list[dict[str, Any]] = field(default_factory=list)
     started: float = field(default_factory=time.time)
+    checks: dict[str, Any] = field(default_factory=dict)  # null_weights (bool), skip_control (CLAIM.CONTROL list)
     _run: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self._run = {"started": self.started, "finished": None, "status": "running", "harness_version": __version__,
                      "git": git_state(self.root), "packages": package_versions(), "device": device_info(),
-                     "seed": self.seed, "argv": self.argv}
+                     "seed": self.seed, "argv": self.argv, "checks": dict(self.checks)}
 
     def add(self, result: dict[str, Any]) -> None:
         self.results.append(jsonable(result))
@@ -168,7 +196,7 @@ class Report:
 
 
 def summary_rows(verdicts: list[dict[str, Any]]) -> list[str]:
-    """The terminal table that closes every run."""
+    """The terminal table that closes every run: verdict, controls passed, and why."""
     if not verdicts:
         return []
     width = max(len(v["claim"]) for v in verdicts)
@@ -176,12 +204,25 @@ def summary_rows(verdicts: list[dict[str, Any]]) -> list[str]:
     lines = [f"{'claim':<{width}}  {'model':<{mwidth}}  {'verdict':<15} controls passed  notes"]
     for v in verdicts:
         ctl = v["controls"]
-        passed = sum(1 for x in ctl.values() if x)
-        notes = []
-        if v["non_diagnostic"]:
-            notes.append("published criterion non-diagnostic")
-        if not v["diagnostic_weights"] and v["verdict"] not in ("skipped", "error"):
-            notes.append("weights " + "/".join(v["weights"]) + ": not evidence about the published model")
+        passed = sum(1 for x in ctl.values() if x == "pass")
         lines.append(f"{v['claim']:<{width}}  {v['model']:<{mwidth}}  {v['verdict']:<15} "
-                     f"{passed}/{len(ctl):<13} {'; '.join(notes)}".rstrip())
+                     f"{passed}/{len(ctl):<13} {'; '.join(verdict_notes(v))}".rstrip())
     return lines
+
+
+def verdict_notes(v: dict[str, Any]) -> list[str]:
+    """Why a verdict is what it is, in short: non-diagnostic criterion, n needed, what did not run, weights."""
+    notes = []
+    if v.get("non_diagnostic"):
+        notes.append("published criterion non-diagnostic")
+    for protocol, n in (v.get("n_needed") or {}).items():
+        notes.append(f"{protocol} underpowered" + (f" (n >= {n} per group needed)" if n else " (n needed unknown)"))
+    if v.get("not_run"):
+        notes.append("not run: " + ", ".join(v["not_run"]))
+    if v.get("skipped_on_purpose"):
+        notes.append("skipped on purpose: " + ", ".join(v["skipped_on_purpose"]))
+    if str(v.get("null_weights", "")).startswith("not run") and v["verdict"] not in ("skipped", "error"):
+        notes.append("null-weights check " + str(v["null_weights"]))
+    if not v["diagnostic_weights"] and v["verdict"] not in ("skipped", "error"):
+        notes.append("weights " + "/".join(v["weights"]) + ": not evidence about the published model")
+    return notes

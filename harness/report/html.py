@@ -14,7 +14,7 @@ import base64
 import hashlib
 import json
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,12 +36,13 @@ from harness.report.htmlparts import (
     with_iso_times,
 )
 from harness.report.htmlparts import esc as e
+from harness.report.htmlverdicts import controls_passed, grid_notes, legend, protocol_sections, verdict_detail
 from harness.report.tools import ReportError, load_report
 
 if TYPE_CHECKING:
     from harness.report.figures import Figure
 
-MAIN_KINDS = ("as_published", "rederive")
+MAIN_KINDS = ("as_published", "rederive", "measure")
 ABSENT = "<td class=\"absent\">not run</td>"
 
 
@@ -53,27 +54,18 @@ def render(document: Mapping[str, Any], title: str = "claim-harness report") -> 
     verdicts += [v for v in aggregate(results) if (v["claim"], v["model"]) not in known]
     run: Mapping[str, Any] = document.get("run", {})
     claims = sorted({r["claim"] for r in results} | {v["claim"] for v in verdicts})
-    never = never_ran(run)
-    body = [f"<h1>{e(title)}</h1>", run_line(run), summary_grid(verdicts, claims, never)]
-    body += [claim_section(c, results, verdicts, document.get("models", {}), int(run.get("seed") or 0), never)
+    body = [f"<h1>{e(title)}</h1>", run_line(run), summary_grid(verdicts, claims)]
+    body += [claim_section(c, results, verdicts, document.get("models", {}), int(run.get("seed") or 0))
              for c in claims]
     body.append(run_section(run))
     head = f"<head><meta charset=\"utf-8\"><title>{e(title)}</title><style>{CSS}</style></head>"
     return f"<!DOCTYPE html>\n<html lang=\"en\">{head}\n<body>\n" + "\n".join(body) + "\n</body></html>\n"
 
 
-Never = dict[tuple[str, str], list[str]]  # (claim, model) -> protocols planned that never ran
 STATUS_TEXT = {"running": "still running, or stopped without finishing (killed): the results below are those "
                           "written so far",
                "interrupted": "interrupted before it finished",
                "error": "ended with an internal error"}
-
-
-def never_ran(run: Mapping[str, Any]) -> Never:
-    found: Never = {}
-    for item in run.get("not_run") or []:
-        found.setdefault((item["claim"], item["model"]), []).append(item["protocol"])
-    return found
 
 
 def run_line(run: Mapping[str, Any]) -> str:
@@ -85,7 +77,7 @@ def run_line(run: Mapping[str, Any]) -> str:
         said = "status <b>complete</b>"
     else:
         why = STATUS_TEXT.get(status, f"status {status}")
-        never = f"; {missing} planned claim test(s) never ran (named under their claims)" if missing else ""
+        never = f"; {missing} planned claim test(s) never ran (each claim's verdict names them)" if missing else ""
         said = f"<span class=\"problem\">run {e(why)}{e(never)}</span>"
     return (f"<p class=\"run\">started {e(timestamp(run.get('started')))}, {said}; "
             f"harness {e(run.get('harness_version'))}, git {e(commit)}, seed {e(run.get('seed'))}, "
@@ -98,43 +90,36 @@ def _models(verdicts: Iterable[Mapping[str, Any]]) -> list[str]:
     return sorted(names, key=lambda m: m != "published-data")
 
 
-def summary_grid(verdicts: list[dict[str, Any]], claims: list[str], never: Never | None = None) -> str:
+def summary_grid(verdicts: list[dict[str, Any]], claims: list[str]) -> str:
     """Claims x models, one coloured cell per verdict; `data-claim`/`data-model` name each cell."""
     models = _models(verdicts)
     by_key = {(v["claim"], v["model"]): v for v in verdicts}
     head = "<tr><th>claim \\ model</th>" + "".join(f"<th>{e(m)}</th>" for m in models) + "</tr>"
     rows = []
     for claim in claims:
-        cells = [grid_cell(by_key[(claim, m)], (never or {}).get((claim, m), [])) if (claim, m) in by_key
-                 else ABSENT for m in models]
+        cells = [grid_cell(by_key[(claim, m)]) if (claim, m) in by_key else ABSENT for m in models]
         rows.append(f"<tr><th><a href=\"#{slug(claim)}\">{e(claim)}</a></th>{''.join(cells)}</tr>")
-    legend = " ".join(f"<span class=\"verdict v-{v}\">{v}</span>" for v in
-                      ("reproduced", "fragile", "not_reproduced", "inconclusive", "skipped", "error"))
     return ("<section id=\"summary\"><h2>Verdicts</h2>\n<table class=\"grid\">" + head + "".join(rows)
-            + f"</table>\n<p class=\"legend\">{legend} &nbsp; {mark('ND')} the published criterion is "
-            "non-diagnostic &nbsp; <span class=\"weak-key\">striped</span>: weights that are not the "
-            "published model's (tiny or random): a verdict on them is no evidence about the claim</p>"
+            + f"</table>\n<p class=\"legend\">{legend()} &nbsp; {mark('ND')} the published criterion also holds "
+            "under its null (non-diagnostic) &nbsp; <span class=\"weak-key\">striped</span>: weights that are not "
+            "the published model's (tiny or random): a verdict on them is no evidence about the claim</p>"
             "</section>")
 
 
-def grid_cell(v: Mapping[str, Any], never: Sequence[str] = ()) -> str:
+def grid_cell(v: Mapping[str, Any]) -> str:
     weak = not v.get("diagnostic_weights", False)
-    notes = [mark("ND")] if v.get("non_diagnostic") else []
+    notes = grid_notes(v)
     if weak:
         weights = "/".join(v.get("weights", []))
         notes.append(f"<span class=\"note\">not evidence (weights: {e(weights)})</span>")
-    controls = v.get("controls") or {}
-    passed = sum(1 for x in controls.values() if x)
-    missing = f"; {len(never)} never ran" if never else ""
     return (f"<td class=\"v-{e(v['verdict'])}{' weak' if weak else ''}\" data-claim=\"{e(v['claim'])}\" "
             f"data-model=\"{e(v['model'])}\" data-verdict=\"{e(v['verdict'])}\">"
             f"<a href=\"#{slug(v['claim'], v['model'])}\">{e(v['verdict'])}</a>"
-            f"<br><span class=\"note\">controls {passed}/{len(controls)} passed{missing}</span> "
-            f"{' '.join(notes)}</td>")
+            f"<br><span class=\"note\">{controls_passed(v)}</span> {' '.join(notes)}</td>")
 
 
 def claim_section(claim: str, results: list[dict[str, Any]], verdicts: list[dict[str, Any]],
-                  models: Mapping[str, Any], seed: int, never: Never | None = None) -> str:
+                  models: Mapping[str, Any], seed: int) -> str:
     mine = [r for r in results if r["claim"] == claim]
     versions = sorted({str(r["claim_version"]) for r in mine if "claim_version" in r})
     params: Mapping[str, Any] = next((r["protocol_params"] for r in mine if r.get("protocol_params")), {})
@@ -143,28 +128,23 @@ def claim_section(claim: str, results: list[dict[str, Any]], verdicts: list[dict
              claim_source(claim, versions), "<h3>Protocol parameters</h3>", chips(params)]
     for v in [v for v in verdicts if v["claim"] == claim]:
         of_model = [r for r in mine if r["model"] == v["model"]]
-        parts.append(model_block(v, of_model, models.get(v["model"]), seed,
-                                 (never or {}).get((claim, v["model"]), [])))
+        parts.append(model_block(v, of_model, models.get(v["model"]), seed))
     return "\n".join(parts) + "</section>"
 
 
-def model_block(verdict: Mapping[str, Any], results: list[dict[str, Any]], info: Any, seed: int,
-                never: Sequence[str] = ()) -> str:
+def model_block(verdict: Mapping[str, Any], results: list[dict[str, Any]], info: Any, seed: int) -> str:
     model = verdict["model"]
     weak = "" if verdict.get("diagnostic_weights") else (
         f"<p class=\"note\">weights {e('/'.join(verdict.get('weights', [])))}: these results check that the "
         "protocol runs end to end; they are not evidence about the published model.</p>")
-    missing = (f"<p class=\"problem\">never ran (the run stopped before them): {e(', '.join(never))}; the "
-               "verdict rests on the protocols below only. Rerun to complete it.</p>") if never else ""
     parts = [f"<article id=\"{slug(verdict['claim'], model)}\"><h3>{e(model)} "
-             f"<span class=\"verdict v-{e(verdict['verdict'])}\">{e(verdict['verdict'])}</span></h3>", weak, missing]
+             f"<span class=\"verdict v-{e(verdict['verdict'])}\">{e(verdict['verdict'])}</span></h3>", weak,
+             verdict_detail(verdict)]
     measured = [r for r in results if "reason" not in r]
     mains = [published_vs_observed(r) for r in measured if r["kind"] in MAIN_KINDS]
     if mains:
         parts.append("<div class=\"row\">" + "".join(f"<div>{m}</div>" for m in mains) + "</div>")
-    controls = [r for r in results if r["kind"] == "control"]
-    if controls:
-        parts += ["<h4>Controls</h4>", controls_table(controls)]
+    parts += protocol_sections(results)
     parts += [placeholder(r) for r in results if "reason" in r]
     parts.append(data_html(measured, seed))
     if isinstance(info, Mapping):
@@ -207,18 +187,6 @@ def notes_html(res: Mapping[str, Any]) -> str:
         extra.append(f"excluded: {fmt(res['exclusions'])}")
     items = [*extra, *map(str, res.get("notes") or [])]
     return "<ul class=\"notes\">" + "".join(f"<li>{e(n)}</li>" for n in items) + "</ul>" if items else ""
-
-
-def controls_table(controls: list[dict[str, Any]]) -> str:
-    rows = []
-    for res in controls:
-        observed, criterion = res.get("observed") or {}, res.get("criterion") or {}
-        figures_ = "; ".join(f"{k} = {fmt(observed.get(k))}" for k in criterion)
-        notes = "; ".join(map(str, res.get("notes") or [res.get("reason", "")]))
-        rows.append([e(res["protocol"]), e("; ".join(f"{k} {_rule(r)}" for k, r in criterion.items())),
-                     e(figures_), e(fmt(res.get("n"))), e(fmt(res.get("exclusions"))),
-                     passed_cell(res.get("passed"), True, outcome=res.get("outcome")), e(notes)])
-    return table(["control", "criterion", "observed", "n", "excluded", "result", "notes"], rows)
 
 
 def placeholder(res: Mapping[str, Any]) -> str:

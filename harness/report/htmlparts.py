@@ -16,8 +16,9 @@ from typing import Any
 from harness.claimkit.registry import ClaimError, load_claims
 
 VERDICT_COLOURS = {
-    "reproduced": "#2e7d32", "fragile": "#e08a00", "not_reproduced": "#c62828",
-    "inconclusive": "#5c6b7a", "skipped": "#9e9e9e", "error": "#6a1b9a",
+    "reproduced": "#2e7d32", "fragile": "#e08a00", "underpowered": "#8d6e00", "not_reproduced": "#c62828",
+    "non_diagnostic": "#ad1457", "measured": "#00838f", "rederived": "#1565c0", "inconclusive": "#5c6b7a",
+    "skipped": "#9e9e9e", "error": "#6a1b9a",
 }
 CSS = """
 body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:24px auto;max-width:1400px;
@@ -94,7 +95,7 @@ def passed_cell(passed: Any, applies: bool, *, outcome: Any = None, bare: bool =
 
 
 def mark(text: str) -> str:
-    return f"<span class=\"mark\" title=\"non-diagnostic published criterion\">{esc(text)}</span>"
+    return f"<span class=\"mark\" title=\"the published criterion also holds under its null\">{esc(text)}</span>"
 
 
 def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
