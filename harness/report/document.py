@@ -142,6 +142,8 @@ def null_weights_status(nulls: dict[str, bool | None], declared: Declared, model
 
     if model == "published-data":
         return "not applicable (no model)"
+    if not declared.as_published:
+        return "not applicable (no published criterion)"
     if NULL_WEIGHTS_PROTOCOL in nulls:
         held = nulls[NULL_WEIGHTS_PROTOCOL]
         return {True: "ran: the criterion also holds on random weights (non-diagnostic)",
