@@ -83,8 +83,11 @@ def edit_site(model: nn.Module, site: str | Site, fn: EditFn, *, mode: str = "al
     log = CallLog()
     counter = iter(range(1 << 62))
 
+    part = resolved.part  # q, k or v inside a fused projection's output
+
     def apply(value: Any) -> Any:
-        tensor = _primary(value)
+        full = _primary(value)
+        tensor = part.take(full) if part is not None else full
         call = Call(resolved.name, next(counter), int(tensor.shape[1]))
         log.by_seq_len[call.seq_len] += 1
         if not _in_mode(call, mode):
@@ -93,7 +96,7 @@ def edit_site(model: nn.Module, site: str | Site, fn: EditFn, *, mode: str = "al
         if new is None:
             return None
         log.edited += 1
-        return _rebuild(value, new)
+        return _rebuild(value, part.put(full, new) if part is not None else new)
 
     if resolved.direction == "input":
         handle = resolved.module.register_forward_pre_hook(lambda _m, args: apply(args))

@@ -11,7 +11,7 @@ import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -33,6 +33,8 @@ class Options:
     published_dir: Path
     shard_devices: list[str] = field(default_factory=list)
     cache_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="claim-harness-")))
+    allow_pickle: bool = False
+    generalise: frozenset[str] = frozenset()  # selected models that run every compatible claim, not only their own
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -40,7 +42,17 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--models", default=None, help="comma-separated model ids (default: the tiny set, or the "
                     "published set under -m gpu)")
     group.addoption("--model-path", action="append", default=[], metavar="ID=DIR",
-                    help="load model ID from local directory DIR (repeatable)")
+                    help="load registered model ID from local directory DIR (repeatable)")
+    group.addoption("--model", action="append", default=[], metavar="NAME=SOURCE",
+                    help="run the claims on your own model (repeatable): SOURCE is a directory (config.json + "
+                    "safetensors), a .gguf file, or hf:ORG/NAME@REVISION; results are labelled generalisation")
+    group.addoption("--model-registry", action="append", default=[], metavar="FILE.toml",
+                    help="add the models of a registry file (fixtures/models/registry.toml's format, with "
+                    "`source = ...`); select them with --models")
+    group.addoption("--pair", action="append", default=[], metavar="INSTRUCT=BASE",
+                    help="the base model of an instruct model, for claims that compare the two (repeatable)")
+    group.addoption("--allow-pickle", action="store_true", help="load pickle checkpoints (.bin, .pt) of a "
+                    "directory that holds no safetensors: they can run code when read, so only for trusted files")
     group.addoption("--weights", choices=("pretrained", "random"), default="pretrained",
                     help="'random' builds the published architecture with seeded random weights")
     group.addoption("--device", default=None, help="torch device (default: cuda when available, else cpu)")
@@ -61,12 +73,17 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pairs(values: list[str], option: str) -> dict[str, Path]:
-    found: dict[str, Path] = {}
+    return {key: Path(value).expanduser() for key, value in assignments(values, option, "KEY=PATH").items()}
+
+
+def assignments(values: list[str], option: str, form: str) -> dict[str, str]:
+    """KEY=VALUE option values, in order; a malformed one fails naming the option, the value and the form."""
+    found: dict[str, str] = {}
     for value in values:
-        key, sep, path = value.partition("=")
-        if not sep or not key or not path:
-            raise pytest.UsageError(f"{option} {value!r}: expected KEY=PATH, e.g. {option} mistral-7b-v0.1=/models/m")
-        found[key] = Path(path).expanduser()
+        key, sep, rest = value.partition("=")
+        if not sep or not key or not rest:
+            raise pytest.UsageError(f"{option} {value!r}: expected {form}, e.g. {option} mistral-7b-v0.1=/models/m")
+        found[key] = rest
     return found
 
 
@@ -74,6 +91,12 @@ def check_given(config: pytest.Config) -> None:
     """Fail at start-up on an option the user gave with a bad value (the defaults are always valid)."""
     pairs(config.getoption("--model-path"), "--model-path")
     pairs(config.getoption("--prompt-bank"), "--prompt-bank")
+    assignments(config.getoption("--model"), "--model", "NAME=SOURCE")
+    assignments(config.getoption("--pair"), "--pair", "INSTRUCT=BASE")
+    for path in config.getoption("--model-registry"):
+        if not Path(path).expanduser().is_file():
+            raise pytest.UsageError(f"--model-registry {path}: no such file; give a TOML file in the format of "
+                                    "fixtures/models/registry.toml")
     if config.getoption("--gpus-per-model") < 1:
         raise pytest.UsageError(f"--gpus-per-model {config.getoption('--gpus-per-model')}: give 1 or more")
     if config.getoption("--claims-dir"):
@@ -88,17 +111,11 @@ def check_given(config: pytest.Config) -> None:
 def build(config: pytest.Config) -> Options:
     """The run's options, with the model registry and the devices of this worker."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before transformers is imported: nothing is downloaded
-    from harness.engine.specs import load_registry
+    from harness.plugin.usermodels import registry_with_user_models, selected_models
     from harness.resources import published_dir
 
-    registry = _registry(load_registry)
-    raw = config.getoption("--models")
-    markexpr = config.getoption("markexpr") or ""
-    gpu_run = "gpu" in markexpr and "not gpu" not in markexpr
-    models = raw.split(",") if raw else [m for m, s in registry.items() if s.tiny != gpu_run]
-    unknown = [m for m in models if m not in registry]
-    if unknown:
-        raise pytest.UsageError(f"--models: unknown model(s) {unknown}; known: {', '.join(registry)}")
+    registry = registry_with_user_models(config)
+    models, generalise = selected_models(config, registry)
     devices = worker_devices(config.getoption("--device"), config.getoption("--gpus-per-model"),
                              worker_index(config), _gpu_count())
     given = config.getoption("--published-dir")
@@ -106,14 +123,8 @@ def build(config: pytest.Config) -> Options:
                    devices[0], pairs(config.getoption("--prompt-bank"), "--prompt-bank"),
                    config.getoption("--claim-seed"), config.getoption("--allow-download"),
                    config.getoption("--claim-batch-size"), registry,
-                   Path(given).expanduser() if given else published_dir(), devices if len(devices) > 1 else [])
-
-
-def _registry(load: Any) -> Any:
-    try:
-        return load()
-    except ValueError as err:
-        raise pytest.UsageError(str(err)) from err
+                   Path(given).expanduser() if given else published_dir(), devices if len(devices) > 1 else [],
+                   allow_pickle=config.getoption("--allow-pickle"), generalise=generalise)
 
 
 def worker_index(config: pytest.Config) -> int:

@@ -120,7 +120,8 @@ def _verdict_of(claim: str, model: str, items: list[dict[str, Any]]) -> dict[str
         first = None if not held or None in held else all(held)
         label = verdict(first, controls)
     weights = sorted({str(r.get("weights")) for r in items})
-    return {"claim": claim, "model": model, "verdict": label,
+    scope = next((str(r["scope"]) for r in items if r.get("scope")), None)
+    return {"claim": claim, "model": model, "verdict": label, "scope": scope,
             "as_published": {r["protocol"]: r.get("passed") for r in main}, "controls": controls,
             "non_diagnostic": any(r.get("non_diagnostic") for r in items), "weights": weights,
             "diagnostic_weights": all(w in ("pretrained", "published-data") for w in weights)}
@@ -177,6 +178,8 @@ def summary_rows(verdicts: list[dict[str, Any]]) -> list[str]:
         notes = []
         if v["non_diagnostic"]:
             notes.append("published criterion non-diagnostic")
+        if v.get("scope") == "generalisation":
+            notes.append("generalisation: evidence about the protocol on this model, not about the published claim")
         if not v["diagnostic_weights"] and v["verdict"] not in ("skipped", "error"):
             notes.append("weights " + "/".join(v["weights"]) + ": not evidence about the published model")
         lines.append(f"{v['claim']:<{width}}  {v['model']:<{mwidth}}  {v['verdict']:<15} "
