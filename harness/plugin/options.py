@@ -39,8 +39,8 @@ class Options:
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("claim-harness", "published-claim verification")
-    group.addoption("--models", default=None, help="comma-separated model ids (default: the tiny set, or the "
-                    "published set under -m gpu)")
+    group.addoption("--models", default=None, help="comma-separated model ids (default: the tiny set; the "
+                    "published set under -m gpu; SmolLM2 under -m real; the --model ones when given)")
     group.addoption("--model-path", action="append", default=[], metavar="ID=DIR",
                     help="load registered model ID from local directory DIR (repeatable)")
     group.addoption("--model", action="append", default=[], metavar="NAME=SOURCE",
@@ -97,6 +97,10 @@ def check_given(config: pytest.Config) -> None:
         if not Path(path).expanduser().is_file():
             raise pytest.UsageError(f"--model-registry {path}: no such file; give a TOML file in the format of "
                                     "fixtures/models/registry.toml")
+    if config.getoption("--model") or config.getoption("--model-registry") or config.getoption("--pair"):
+        from harness.plugin.usermodels import registry_with_user_models
+
+        registry_with_user_models(config)  # a user's model that cannot be used fails here, once
     if config.getoption("--gpus-per-model") < 1:
         raise pytest.UsageError(f"--gpus-per-model {config.getoption('--gpus-per-model')}: give 1 or more")
     if config.getoption("--claims-dir"):

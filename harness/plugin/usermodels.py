@@ -34,6 +34,7 @@ def _model_type(spec: ModelSpec, allow_pickle: bool) -> str | None:
         hub_cached_model_type,
         local_path,
         parse_source,
+        require_gguf_extra,
         weight_format,
     )
 
@@ -44,6 +45,7 @@ def _model_type(spec: ModelSpec, allow_pickle: bool) -> str | None:
     if source.kind == "dir":
         weight_format(path, allow_pickle, spec.id)
         return config_model_type(path)
+    require_gguf_extra()
     return gguf_model_type(path)
 
 
