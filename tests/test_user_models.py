@@ -220,3 +220,21 @@ def test_a_family_that_contradicts_the_config_is_refused(tmp_path: Path, tiny_mo
     with pytest.raises(ValueError, match=r"family = 'qwen2', but its config says model_type 'llama'"):
         checked(spec, allow_pickle=False)
     assert checked(replace(spec, family="auto"), allow_pickle=False).family == "llama"
+
+
+@pytest.mark.usefixtures("no_hub_cache")
+def test_a_hub_model_that_is_not_cached_says_how_to_get_it() -> None:
+    from harness.engine.models import ModelUnavailable, load
+
+    spec = user_spec("q", "hf:HuggingFaceTB/SmolLM2-135M-Instruct@main")
+    with pytest.raises(ModelUnavailable, match=r"weights for 'q' not found .*'q' comes from --model "
+                       r"\(hf:HuggingFaceTB/SmolLM2-135M-Instruct@main\): .*pass --allow-download"):
+        load(spec)
+
+
+@pytest.fixture
+def no_hub_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))

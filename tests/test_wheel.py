@@ -24,6 +24,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # about 20 s: a wheel build, a venv and three pytest runs in subprocesses
+
 ROOT = Path(__file__).resolve().parents[1]
 GUIDE = ROOT / "docs" / "writing-a-claim.md"
 CLAIM = "repetition_collapses_values"

@@ -168,6 +168,9 @@ def place(model: PreTrainedModel, devices: Sequence[str]) -> PreTrainedModel:
 
 
 def _how_to_provide(spec: ModelSpec) -> str:
+    if spec.origin != "registry":
+        return (f"{spec.id!r} comes from {spec.origin} ({spec.source}): place it in the Hugging Face cache, pass "
+                "--allow-download, or give a local directory or .gguf file as its SOURCE")
     return (
         f"provide the weights of {spec.id!r} ({spec.hf_id} @ {spec.revision}) with --model-path {spec.id}=DIR, "
         f"or place them in the Hugging Face cache and set HF_HUB_OFFLINE=1, or use --weights random"

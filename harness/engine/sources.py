@@ -186,11 +186,14 @@ def config_model_type(directory: Path) -> str | None:
     return str(value) if value is not None else None
 
 
-def hub_cached_model_type(source: Source) -> str | None:
-    """The model_type of an hf: source when its config.json is in the local Hugging Face cache, else None."""
-    from huggingface_hub import try_to_load_from_cache
+def hub_model_type(source: Source, allow_download: bool) -> str | None:
+    """The model_type of an hf: source: from its config.json in the local Hugging Face cache, or downloaded
+    alone (a few kB) when downloads are allowed; None when neither is possible."""
+    from huggingface_hub import hf_hub_download, try_to_load_from_cache
 
     found = try_to_load_from_cache(source.location, "config.json", revision=source.revision)
+    if not isinstance(found, str) and allow_download:
+        found = hf_hub_download(source.location, "config.json", revision=source.revision)
     return config_model_type(Path(found).parent) if isinstance(found, str) else None
 
 

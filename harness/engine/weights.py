@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from harness.engine.architectures import layout_for
 from harness.engine.sources import (
@@ -102,15 +102,20 @@ def open_directory(spec: ModelSpec, directory: Path, dtype: torch.dtype, devices
 
 def open_hub(spec: ModelSpec, repo: str, revision: str, dtype: torch.dtype, devices: Sequence[str],
              local_only: bool, allow_pickle: bool) -> Opened:
-    """A hub repository at a revision, from the local cache (or downloaded when local_only is False)."""
+    """A hub repository at a revision, from the local cache (or downloaded when local_only is False).
+
+    The config comes first (small), so an unsupported architecture fails before any weight is fetched."""
+    config = AutoConfig.from_pretrained(repo, revision=revision, local_files_only=local_only, trust_remote_code=False)
+    impl = layout_for(config.model_type, f"model {spec.id!r} ({repo})").attn_implementation
     try:
-        model = from_pretrained(repo, revision, dtype, devices, local_only)
+        model = from_pretrained(repo, revision, dtype, devices, local_only, attn_implementation=impl)
         fmt = "safetensors"
     except OSError:
         if not allow_pickle:
             raise
-        model, fmt = from_pretrained(repo, revision, dtype, devices, local_only, use_safetensors=False), "pickle"
-    layout_for(model.config.model_type, f"model {spec.id!r} ({repo})")
+        model = from_pretrained(repo, revision, dtype, devices, local_only, use_safetensors=False,
+                                attn_implementation=impl)
+        fmt = "pickle"
     resolved = str(getattr(model.config, "_commit_hash", None) or revision)
     return Opened(model, tokenizer_from(repo, revision, local_only), resolved, f"hf:{repo}@{revision}", fmt)
 

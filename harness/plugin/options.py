@@ -114,7 +114,8 @@ def check_given(config: pytest.Config) -> None:
 
 def build(config: pytest.Config) -> Options:
     """The run's options, with the model registry and the devices of this worker."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before transformers is imported: nothing is downloaded
+    if not config.getoption("--allow-download"):  # before transformers is imported: nothing is downloaded
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from harness.plugin.usermodels import registry_with_user_models, selected_models
     from harness.resources import published_dir
 

@@ -26,12 +26,12 @@ if TYPE_CHECKING:
     from harness.engine.specs import ModelSpec
 
 
-def _model_type(spec: ModelSpec, allow_pickle: bool) -> str | None:
+def _model_type(spec: ModelSpec, allow_pickle: bool, allow_download: bool) -> str | None:
     """A user's model's model_type, read without loading it (None when only the hub knows it)."""
     from harness.engine.sources import (
         config_model_type,
         gguf_model_type,
-        hub_cached_model_type,
+        hub_model_type,
         local_path,
         parse_source,
         require_gguf_extra,
@@ -40,7 +40,7 @@ def _model_type(spec: ModelSpec, allow_pickle: bool) -> str | None:
 
     source = parse_source(str(spec.source), f"model {spec.id!r}")
     if source.kind == "hf":
-        return hub_cached_model_type(source)
+        return hub_model_type(source, allow_download)
     path = local_path(source, spec.id, spec.install)
     if source.kind == "dir":
         weight_format(path, allow_pickle, spec.id)
@@ -49,11 +49,11 @@ def _model_type(spec: ModelSpec, allow_pickle: bool) -> str | None:
     return gguf_model_type(path)
 
 
-def checked(spec: ModelSpec, allow_pickle: bool) -> ModelSpec:
+def checked(spec: ModelSpec, allow_pickle: bool, allow_download: bool = False) -> ModelSpec:
     """A user's model with its family read from its config; an unusable one fails once, naming the fix."""
     from harness.engine.architectures import layout_for
 
-    model_type = _model_type(spec, allow_pickle)
+    model_type = _model_type(spec, allow_pickle, allow_download)
     if model_type is None:
         return spec
     layout_for(model_type, f"model {spec.id!r} ({spec.source}, from {spec.origin})")
@@ -75,9 +75,9 @@ def registry_with_user_models(config: pytest.Config) -> dict[str, ModelSpec]:
         given = assignments(config.getoption("--model"), "--model", "NAME=SOURCE")
         registry = extended(registry, {name: user_spec(name, source) for name, source in given.items()})
         registry = paired(registry, assignments(config.getoption("--pair"), "--pair", "INSTRUCT=BASE"))
-        allow_pickle = bool(config.getoption("--allow-pickle"))
-        return {m: checked(s, allow_pickle) if s.origin != "registry" else s for m, s in registry.items()}
-    except (ValueError, ModelUnavailable) as err:
+        allow = bool(config.getoption("--allow-pickle")), bool(config.getoption("--allow-download"))
+        return {m: checked(s, *allow) if s.origin != "registry" else s for m, s in registry.items()}
+    except (ValueError, OSError, ModelUnavailable) as err:
         raise pytest.UsageError(str(err)) from err
 
 
