@@ -238,3 +238,13 @@ def no_hub_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+
+
+@pytest.mark.parametrize(("option", "form", "example"), [("--model", "NAME=SOURCE", "my=/models/SmolLM2.gguf"),
+                                                         ("--pair", "INSTRUCT=BASE", "my-instruct=my-base")])
+def test_malformed_assignments_name_the_option_the_form_and_an_example(option: str, form: str, example: str) -> None:
+    from harness.plugin.options import assignments
+
+    with pytest.raises(pytest.UsageError, match=rf"^{option} 'mine': expected {form}, e.g. {option} {example}$"):
+        assignments(["mine"], option, form)
+    assert assignments(["a=b=c"], option, form) == {"a": "b=c"}

@@ -101,10 +101,11 @@ def check_entropy(lm: LoadedModel, enc: Encoded) -> dict[str, Any]:
     with torch.no_grad(), attention_entropy(lm.model, variants=("published",)) as engine:
         lm.model(input_ids=enc.input_ids, attention_mask=enc.attention_mask)
         published = engine.pop().cpu().published  # (layer, batch, head)
+    if published is None:
+        raise _fail(lm, "attention entropy", "the engine returned no published entropy")
     with torch.no_grad(), _eager(lm.model):
         patterns = lm.model(input_ids=enc.input_ids, attention_mask=enc.attention_mask,
                             output_attentions=True).attentions  # each (batch, head, q, k)
-    assert published is not None
     worst = 0.0
     for layer, pattern in enumerate(patterns):
         for row, length in enumerate(enc.lengths):

@@ -72,6 +72,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     "pytest-xdist worker k gets GPUs k*N .. k*N+N-1")
 
 
+EXAMPLES = {"KEY=PATH": "mistral-7b-v0.1=/models/m", "NAME=SOURCE": "my=/models/SmolLM2.gguf",
+            "INSTRUCT=BASE": "my-instruct=my-base"}
+
+
 def pairs(values: list[str], option: str) -> dict[str, Path]:
     return {key: Path(value).expanduser() for key, value in assignments(values, option, "KEY=PATH").items()}
 
@@ -82,7 +86,7 @@ def assignments(values: list[str], option: str, form: str) -> dict[str, str]:
     for value in values:
         key, sep, rest = value.partition("=")
         if not sep or not key or not rest:
-            raise pytest.UsageError(f"{option} {value!r}: expected {form}, e.g. {option} mistral-7b-v0.1=/models/m")
+            raise pytest.UsageError(f"{option} {value!r}: expected {form}, e.g. {option} {EXAMPLES[form]}")
         found[key] = rest
     return found
 
