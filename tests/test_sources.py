@@ -199,3 +199,17 @@ def test_safetensors_win_over_pickles_in_the_same_directory(tmp_path: Path) -> N
 def test_a_directory_without_weights_says_so(tmp_path: Path) -> None:
     with pytest.raises(ModelUnavailable, match=r"model 'x': .* holds no weights \(\*.safetensors\)"):
         weight_format(tmp_path, allow_pickle=False, model_id="x")
+
+
+def test_a_gguf_file_is_parsed_once_inside_the_block(tmp_path: Path) -> None:
+    import gguf
+
+    from harness.engine.weights import one_parse_per_file
+
+    path = tmp_path / "m.gguf"
+    path.write_bytes(gguf_header({"general.architecture": "llama"}))
+    original = gguf.GGUFReader
+    with one_parse_per_file():
+        first, again = gguf.GGUFReader(path), gguf.GGUFReader(str(path))
+        assert first is again and isinstance(first, original)
+    assert gguf.GGUFReader is original and gguf.GGUFReader(path) is not first

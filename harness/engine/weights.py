@@ -15,7 +15,8 @@ pytest session in the same process, a second fixture) read that copy in a fracti
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -120,12 +121,37 @@ def open_hub(spec: ModelSpec, repo: str, revision: str, dtype: torch.dtype, devi
     return Opened(model, tokenizer_from(repo, revision, local_only), resolved, f"hf:{repo}@{revision}", fmt)
 
 
+@contextmanager
+def one_parse_per_file() -> Iterator[None]:
+    """transformers parses a GGUF file three times (config, tensors, tokenizer), each parse building every
+    header field, the tokenizer's arrays included; inside this block each file is parsed once and its reader
+    reused. gguf.GGUFReader is restored on exit. (If transformers stops looking the reader up in the gguf
+    module at call time, this only saves nothing.)"""
+    import gguf
+
+    original = gguf.GGUFReader
+    readers: dict[str, Any] = {}
+
+    def reader(path: Any, *args: Any, **kwargs: Any) -> Any:
+        key = f"{Path(path).resolve()}:{args}:{sorted(kwargs.items())}"
+        if key not in readers:
+            readers[key] = original(path, *args, **kwargs)
+        return readers[key]
+
+    gguf.GGUFReader = reader
+    try:
+        yield
+    finally:
+        gguf.GGUFReader = original
+
+
 @lru_cache(maxsize=4)
 def dequantised(path: Path, sha256: str, dtype: torch.dtype) -> Path:
     """A safetensors copy of a GGUF model dequantised to `dtype`, made once per file and process."""
-    model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=dtype,
-                                                 trust_remote_code=False, attn_implementation="sdpa")
-    tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name, trust_remote_code=False)
+    with one_parse_per_file():
+        model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=dtype,
+                                                     trust_remote_code=False, attn_implementation="sdpa")
+        tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name, trust_remote_code=False)
     model.hf_quantizer = None  # type: ignore[assignment]  # plain tensors now: the quantizer only forbids saving
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
