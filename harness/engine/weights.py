@@ -138,11 +138,11 @@ def one_parse_per_file() -> Iterator[None]:
             readers[key] = original(path, *args, **kwargs)
         return readers[key]
 
-    gguf.GGUFReader = reader
+    gguf.GGUFReader = reader  # type: ignore[misc,assignment]
     try:
         yield
     finally:
-        gguf.GGUFReader = original
+        gguf.GGUFReader = original  # type: ignore[misc]
 
 
 @lru_cache(maxsize=4)
