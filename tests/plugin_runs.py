@@ -8,6 +8,7 @@ where prompts and a real forward matter. Shared by test_bad_input.py and test_fa
 
 from __future__ import annotations
 
+import importlib
 import os
 import subprocess
 import sys
@@ -94,6 +95,14 @@ def demo_claim(folder: Path, with_weights: bool = False, extra: str = "") -> Pat
 def rv_module(pytester: pytest.Pytester, test: str = "test_rv_contraction") -> Path:
     """A test module that runs a test of the seed rv_contraction claim (its protocols, or test_rederive)."""
     return Path(pytester.makepyfile(test_rv=RV_TEST.format(test=test)))
+
+
+# Imported here, before any in-process run. pytester drops the modules a run imported when it ends; a later
+# run then imports the transformers modeling module afresh, and its model fails the engine's attention-entropy
+# check on load (seen only with in-process runs: a real session imports each module once).
+TINY_ARCHITECTURES = ("mistral", "qwen2", "llama")
+for _name in TINY_ARCHITECTURES:
+    importlib.import_module(f"transformers.models.{_name}.modeling_{_name}")
 
 
 def inprocess(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:

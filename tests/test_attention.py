@@ -201,14 +201,34 @@ def test_misuse_fails_with_the_fix(lm: LoadedModel) -> None:
             pass
 
 
-def test_eager_model_is_refused(lm: LoadedModel) -> None:
+def test_an_eager_model_gives_the_entropies_of_sdpa(lm: LoadedModel) -> None:
+    """The engine stands in for eager attention too (gemma2 needs it), returning eager's own output."""
+    batch = encode(lm, PROMPTS[:3])
+    with torch.no_grad():
+        logits = lm.model(**batch).logits
+    reference = entropies(lm, batch)
     lm.model.set_attn_implementation("eager")
     try:
-        with pytest.raises(ValueError, match="set_attn_implementation"), attention_entropy(lm.model):
-            pass
+        with torch.no_grad(), attention_entropy(lm.model) as ent:
+            eager_logits = lm.model(**batch).logits
+            result = ent.pop().cpu()
         assert lm.model.config._attn_implementation == "eager"
     finally:
         lm.model.set_attn_implementation("sdpa")
+    torch.testing.assert_close(result.published, reference.published, atol=ATOL, rtol=0)
+    torch.testing.assert_close(eager_logits, logits, atol=1e-4, rtol=1e-4)
+
+
+def test_other_attention_implementations_are_refused(lm: LoadedModel) -> None:
+    saved = lm.model.config._attn_implementation
+    lm.model.config._attn_implementation = "flash_attention_2"
+    try:
+        with pytest.raises(ValueError, match=r"wraps sdpa or eager attention, but the model uses "
+                           r"'flash_attention_2': call model.set_attn_implementation"), attention_entropy(lm.model):
+            pass
+        assert lm.model.config._attn_implementation == "flash_attention_2"
+    finally:
+        lm.model.config._attn_implementation = saved
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])

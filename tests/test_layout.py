@@ -56,3 +56,10 @@ def test_the_check_catches_an_upward_import(tmp_path: Path) -> None:
     names = [name for _, name in harness_imports(module)]
     assert names == ["harness.report.document", "harness.plugin"]
     assert RANK[layer_of(names[0]) or ""] > RANK["engine"]
+
+
+def test_nothing_in_the_package_imports_the_public_api() -> None:
+    """harness.api re-exports the layers for claim authors; the layers never depend on it."""
+    bad = [f"{path.relative_to(HARNESS)}:{line}" for path in HARNESS.rglob("*.py") if path.name != "api.py"
+           for line, name in harness_imports(path) if name == "harness.api"]
+    assert not bad, bad

@@ -52,6 +52,7 @@ PUBLISHED_DIMS = {
     "qwen2": Dims(n_layers=28, n_heads=28, n_kv_heads=4, head_dim=128, d_model=3584),
     "llama": Dims(n_layers=32, n_heads=32, n_kv_heads=8, head_dim=128, d_model=4096),
 }
+REAL_CPU = ("smollm2-135m-instruct",)
 HEX40 = re.compile(r"^[0-9a-f]{40}$")
 VALID_ENTRY = """[models.demo]
 hf_id = "org/demo"
@@ -77,10 +78,11 @@ def state(lm: LoadedModel) -> dict[str, torch.Tensor]:
 # --- registry ---------------------------------------------------------------------------------------------
 
 
-def test_registry_holds_the_published_and_tiny_models() -> None:
+def test_registry_holds_the_published_tiny_and_real_cpu_models() -> None:
     registry = load_registry()
-    assert len(registry) == 13
-    assert set(registry) == set(PUBLISHED) | set(TINY)
+    assert len(registry) == 14
+    assert set(registry) == set(PUBLISHED) | set(TINY) | set(REAL_CPU)
+    assert [m for m, spec in registry.items() if spec.cpu] == list(REAL_CPU)
     assert all(spec.id == model_id for model_id, spec in registry.items())
 
 
@@ -148,7 +150,7 @@ def test_registry_rejects_unknown_keys(tmp_path: Path, change: str, pattern: str
 @pytest.mark.parametrize(
     ("old", "new", "pattern"),
     [
-        ('family = "mistral"', 'family = "gpt2"', r"family='gpt2'; allowed: \('mistral', 'qwen2', 'llama'\)"),
+        ('family = "mistral"', 'family = "bloom"', r"family='bloom'; allowed: \('llama', 'mistral', 'qwen2', "),
         (
             'dtype = "float16"',
             'dtype = "fp16"',
@@ -167,7 +169,7 @@ def test_registry_rejects_bad_values(tmp_path: Path, old: str, new: str, pattern
     with pytest.raises(ValueError, match=pattern) as err:
         load_registry(path)
     assert str(err.value).startswith(f"{path}: model 'demo'")
-    assert set(FAMILIES) == {"mistral", "qwen2", "llama"} and "float16" in DTYPES
+    assert {"mistral", "qwen2", "llama", "phi3", "gpt2"} <= set(FAMILIES) and "float16" in DTYPES
 
 
 # --- missing weights --------------------------------------------------------------------------------------
@@ -317,9 +319,9 @@ def test_random_weight_build_is_seeded_and_recorded() -> None:
     assert max(ids) < first.model.config.vocab_size and ids[0] == first.tokenizer.bos_token_id
 
 
-def test_architecture_files_exist_for_every_spec() -> None:
+def test_architecture_files_exist_for_every_spec_without_a_source() -> None:
     for spec in load_registry().values():
-        assert (MODELS_DIR / spec.config).is_file(), spec.id
+        assert (MODELS_DIR / spec.config).is_file() if spec.source is None else spec.config == "", spec.id
 
 
 def test_a_protocol_dtype_overrides_the_registry_and_is_what_the_report_records(tmp_path) -> None:

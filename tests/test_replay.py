@@ -208,7 +208,7 @@ def test_qwen_rederives_from_the_committed_table_and_reports_the_superseded_one(
     claim = get_claim("rfc_preserved_qwen")
     committed, superseded = rederive(claim, PUBLISHED), rederive(claim, PUBLISHED, "superseded_data_file")
     assert (committed["protocol"], committed["kind"]) == ("rederive", "rederive")
-    assert (superseded["protocol"], superseded["kind"]) == ("rederive:superseded", "robustness")
+    assert (superseded["protocol"], superseded["kind"]) == ("robustness:rederive_superseded", "robustness")
     published = claim.published
     assert committed["observed"]["mean_drfc"] == pytest.approx(published["mean_drfc_committed_table"], abs=5e-5)
     assert committed["passed"] is published["rederive_reproduces_headline"] is False

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 from hypothesis import given
@@ -31,6 +33,7 @@ published_depths = st.integers(min_value=2, max_value=96)
 
 def test_points_are_the_documented_set() -> None:
     assert set(POINTS) == set(EXPECTED)
+    assert all(POINTS[point] == direction for point, (_, direction) in EXPECTED.items())
 
 
 # --- parse ------------------------------------------------------------------------------------------------
@@ -107,11 +110,20 @@ def test_out_of_range_names_site_model_and_range(tiny_models: dict[str, LoadedMo
         resolve(tiny_models["tiny-llama"].model, "blocks.31.resid_post", "tiny-llama")
 
 
-def test_a_model_without_decoder_layers_names_the_families() -> None:
+def test_a_module_without_a_config_names_the_supported_model_types() -> None:
     with pytest.raises(
-        SiteError, match=r"Linear has no .model.layers; supported families: mistral, qwen2, llama"
+        SiteError, match=r"^Linear has no config, so its architecture is unknown; sites resolve on transformers "
+        r"models of model_type llama, mistral, qwen2, .*phi3, gpt2, gpt_neox$"
     ):
         resolve(torch.nn.Linear(2, 2), "blocks.0.attn.v")
+
+
+def test_an_unsupported_model_type_is_named_with_the_supported_list() -> None:
+    module = torch.nn.Linear(2, 2)
+    module.config = SimpleNamespace(model_type="bloom")  # type: ignore[assignment]
+    with pytest.raises(SiteError, match=r"^Linear has model_type 'bloom', which claim-harness does not support; "
+                       r"supported model_types: llama, .*gpt_neox"):
+        resolve(module, "blocks.0.attn.v")
 
 
 # --- widths -----------------------------------------------------------------------------------------------

@@ -114,3 +114,11 @@ def test_the_verdict_names_what_did_not_run_and_what_was_skipped() -> None:
     skipped = verdict([HELD, result("control:a", "control", decision="pass")],
                       Declared(("as_published",), ("a", "b"), skipped_on_purpose=("b",)))
     assert skipped.skipped_on_purpose == ["b"] and skipped.not_run == []
+
+
+def test_a_dropped_control_is_listed_as_skipped_and_never_counted() -> None:
+    """A control that would repeat as_published on a model (h10b: Qwen's all_heads at 28 heads) decides nothing."""
+    dropped = {**result("control:b", "control", passed=None, decision=None), "dropped": "repeats as_published"}
+    judged = verdict([HELD, result("control:a", "control", decision="pass"), dropped], DECLARED)
+    assert judged.verdict == "reproduced" and judged.not_run == [] and "control:b" not in judged.controls
+    assert judged.skipped_on_purpose == ["b (dropped: repeats as_published)"]

@@ -64,7 +64,7 @@ def circular_shift_p(x: object, y: object) -> float:
     return float(np.mean(np.abs(r) >= np.abs(r[0]) - TIE))
 
 
-def block_permutation_p(x: object, y: object, block: int, n_permutations: int = 9999, seed: int = 0) -> float:
+def block_permutation_p(x: object, y: object, block: int, n_permutations: int = 10_000, seed: int = 0) -> float:
     """(1 + #draws with |r| >= observed) / (draws + 1), y's blocks of `block` consecutive layers shuffled."""
     a, b = profiles(x, y)
     if not 1 <= block < a.size or n_permutations < 1:
@@ -78,7 +78,7 @@ def block_permutation_p(x: object, y: object, block: int, n_permutations: int = 
     return _p(_r_rows(a, b[index]), observed)
 
 
-def correlate_profiles(x: object, y: object, block: int = 4, n_permutations: int = 9999,
+def correlate_profiles(x: object, y: object, block: int = 4, n_permutations: int = 10_000,
                        seed: int = 0) -> ProfileCorrelation:
     """Pearson and Spearman (scipy, the source's iid p) with the circular-shift and block-permutation p."""
     a, b = profiles(x, y)

@@ -2,7 +2,8 @@
 
 Every `[controls.<name>]` table is one protocol of the kind its `kind` key names (default `control`):
 `control` (one check against one artefact, counted), `robustness` (reported beside, never counted) or `null`
-(the as-published criterion under its own null). Its protocol is named `<kind>:<name>`, e.g.
+(the as-published criterion under its own null) or `measure` (descriptive, for a claim with no published
+figure). Its protocol is named `<kind>:<name>`, e.g.
 `control:token_matched`, `robustness:permutation`, `null:detector_on_unablated`. The null-weights check,
 `null:random_weights`, is declared for every model-based claim unless the run opts out of it.
 """
@@ -15,7 +16,7 @@ from collections.abc import Iterable
 from harness.claimkit.registry import Claim, ClaimError
 from harness.claimkit.verdicts import KINDS, Declared
 
-TABLE_KINDS = ("control", "robustness", "null")
+TABLE_KINDS = ("control", "robustness", "null", "measure")
 NULL_WEIGHTS = "random_weights"
 NULL_WEIGHTS_PROTOCOL = f"null:{NULL_WEIGHTS}"
 
@@ -73,8 +74,10 @@ def declared(claim: Claim, *, model_based: bool = True, skipped: Iterable[str] =
     by_kind: dict[str, list[str]] = {kind: [] for kind in TABLE_KINDS}
     for name in claim.controls:
         by_kind[table_kind(claim, name)].append(name)
+    published = tuple(c for c in claim.criteria if not c.startswith("rederive") and not c.startswith("measure"))
+    null_weights = null_weights and bool(published)  # a descriptive claim has no criterion to run on a null
     nulls = [*by_kind["null"], *([NULL_WEIGHTS] if null_weights else [])]
     chosen = tuple(name for name in skipped if name in claim.controls or (name == NULL_WEIGHTS and null_weights))
-    return Declared(as_published=tuple(c for c in claim.criteria if not c.startswith("rederive")),
+    return Declared(as_published=published,
                     controls=tuple(by_kind["control"]), robustness=tuple(by_kind["robustness"]),
                     nulls=tuple(nulls), skipped_on_purpose=chosen, null_weights=null_weights)

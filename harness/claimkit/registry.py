@@ -4,6 +4,9 @@ A claim is a folder named by its id, holding claim.toml, its prompt bank, its pr
 module. claim.toml has five tables:
 - [claim]     id, version, title, statement, source {repo, commit, files}, models, published_n_layers,
               prompt_bank, and optionally tiny_models (default: every tiny model of the claim models' variant)
+              and needs: what a model must offer for the claim to run on it ("model", the default: any
+              supported model; "instruct_and_base": an instruct model whose base is known, from the registry
+              or `--pair INSTRUCT=BASE`)
 - [published] the published figures (numbers, lists of numbers or strings)
 - [protocol]  the protocol parameters as the source ran it
 - [criteria]  named criteria: `as_coded`, `as_stated`, ...; each maps a metric to {op = value}
@@ -28,7 +31,8 @@ from harness.resources import seed_claims_dir
 
 TABLES = {"claim", "published", "protocol", "criteria", "controls"}
 CLAIM_KEYS = {"id", "version", "title", "statement", "source", "models", "published_n_layers", "prompt_bank"}
-OPTIONAL_CLAIM_KEYS = {"tiny_models"}
+OPTIONAL_CLAIM_KEYS = {"tiny_models", "needs"}
+NEEDS = ("model", "instruct_and_base")
 SOURCE_KEYS = {"repo", "commit", "files"}
 OPS: dict[str, Callable[[float, float], bool]] = {
     "lt": operator.lt, "le": operator.le, "gt": operator.gt, "ge": operator.ge,
@@ -58,6 +62,7 @@ class Claim:
     criteria: dict[str, Criterion]
     controls: dict[str, dict[str, Any]]
     path: Path = field(compare=False)
+    needs: str = "model"  # one of NEEDS
 
     @property
     def folder(self) -> Path:
@@ -116,6 +121,8 @@ def load_claim(path: Path) -> Claim:
         raise _fail(path, f"claim.version = {head['version']!r}; use a positive integer")
     if not isinstance(head["published_n_layers"], int) or head["published_n_layers"] < 1:
         raise _fail(path, f"claim.published_n_layers = {head['published_n_layers']!r}; use a positive integer")
+    if head.get("needs", "model") not in NEEDS:
+        raise _fail(path, f"claim.needs = {head['needs']!r}; allowed: {', '.join(NEEDS)}")
     criteria = {name: validate_criterion(path, f"criteria.{name}", c) for name, c in raw["criteria"].items()}
     for name, control in raw["controls"].items():
         if "description" not in control or "criterion" not in control:
@@ -124,7 +131,7 @@ def load_claim(path: Path) -> Claim:
     return Claim(head["id"], head["version"], head["title"], head["statement"], dict(head["source"]),
                  tuple(head["models"]), head["published_n_layers"], head["prompt_bank"],
                  tuple(head["tiny_models"]) if "tiny_models" in head else None, raw["published"],
-                 raw["protocol"], criteria, raw["controls"], path)
+                 raw["protocol"], criteria, raw["controls"], path, head.get("needs", "model"))
 
 
 def load_claims(directory: Path | None = None) -> dict[str, Claim]:

@@ -1,4 +1,10 @@
-"""Protocol results: the one dict shape every claim test records, and the checks every claim test makes."""
+"""Protocol results: the one dict shape every claim test records, and the checks every claim test makes.
+
+Each result says whose evidence it is (`scope`): the claim's own published models ("published"), another
+model with real weights ("generalisation": evidence about the protocol on that model, not about the published
+claim), or tiny and random stand-ins ("stand-in": the protocol runs end to end, no evidence at all). Where the
+model's depth differs from the published one, published layer l runs at layer `layer_map["map"][l]`.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +17,28 @@ from harness.claimkit.prompts import PromptBank
 from harness.claimkit.registry import Claim, Criterion, evaluate
 from harness.claimkit.verdicts import KINDS, ControlOutcome, Effect, control_decision
 from harness.engine.models import LoadedModel
+from harness.engine.sites import map_layer
+
+SCOPES = ("published", "generalisation", "stand-in")
+
+
+def scope(claim: Claim, lm: LoadedModel | None) -> str:
+    """Whose evidence a result is: the claim's published models, another real model, or a stand-in."""
+    if lm is None or lm.id in claim.models:
+        return "published"
+    return "stand-in" if lm.weights in ("tiny", "random") else "generalisation"
+
+
+def layer_map(claim: Claim, lm: LoadedModel | None) -> dict[str, Any] | None:
+    """How the claim's published layers map onto this model (relative depth, harness.engine.sites.map_layer)."""
+    if lm is None:
+        return None
+    published, n_layers = claim.published_n_layers, lm.dims.n_layers
+    mapping: dict[str, Any] = {"published_n_layers": published, "n_layers": n_layers}
+    if published == n_layers:
+        return {**mapping, "rule": "identity"}
+    return {**mapping, "rule": f"relative depth: l -> min({n_layers - 1}, l * {n_layers} // {published})",
+            "map": [map_layer(layer, published, n_layers) for layer in range(published)]}
 
 
 def protocol_result(claim: Claim, protocol: str, kind: str, criterion: Criterion, observed: Mapping[str, Any], *,
@@ -43,6 +71,7 @@ def protocol_result(claim: Claim, protocol: str, kind: str, criterion: Criterion
         "model": lm.id if lm is not None else "published-data",
         "weights": lm.weights if lm is not None else "published-data",
         "model_info": lm.describe() if lm is not None else None,
+        "scope": scope(claim, lm), "layer_map": layer_map(claim, lm),
         "passed": passed, "criterion": criterion, "criterion_detail": detail,
         "published": dict(published or {}), "observed": dict(observed), "tests": dict(tests or {}),
         "n": dict(n or {}), "exclusions": dict(exclusions or {}), "notes": list(notes),
@@ -87,26 +116,34 @@ def null_weights_result(result: Mapping[str, Any], lm: LoadedModel, twin: Loaded
                          f"of kind {result['kind']!r}")
     note = (f"the as-published criterion on a seeded random-weight twin of {lm.id} "
             f"({twin.resolved_revision}); where it holds the criterion is non-diagnostic")
+    own = result["scope"] if result["scope"] == "published" or lm.weights in ("tiny", "random") else "generalisation"
     return {**result, "protocol": NULL_WEIGHTS_PROTOCOL, "kind": "null", "model": lm.id, "weights": lm.weights,
+            "scope": own,
             "model_info": lm.describe(), "null_model": twin.describe(), "as_published_protocol": result["protocol"],
             "non_diagnostic": result["passed"] is True, "notes": [note, *result["notes"]]}
 
 
 def is_diagnostic(result: Mapping[str, Any]) -> bool:
-    """Only pretrained published weights (or the published data itself) can confirm or refute a claim."""
-    return result["weights"] in ("pretrained", "published-data")
+    """Only the published models' pretrained weights (or the published data itself) can confirm or refute a
+    claim; a result on any other model (generalisation, stand-in) cannot."""
+    return result["weights"] in ("pretrained", "published-data") and result.get("scope", "published") == "published"
 
 
 def check(result: Mapping[str, Any]) -> None:
-    """Every claim test ends here: the result must be well formed; on real weights (or the published data) the
-    claim must hold: an as-published, re-derived or control criterion holds, and a null's does not (a
-    criterion that holds under its null is non-diagnostic). Robustness checks and measurements are reported,
-    never asserted."""
+    """Every claim test ends here: the result must be well formed; on the published models' real weights (or the
+    published data) the claim must hold: an as-published, re-derived or control criterion holds, and a null's
+    does not (a criterion that holds under its null is non-diagnostic). Robustness checks and measurements are
+    reported, never asserted. Elsewhere (generalisation, stand-ins) a well-formed result is all there is to
+    assert: the verdict is the science, not the test's business."""
     problems = [f"observed {k} = {v!r} is not finite beside a criterion that holds"
                 for k, v in result["observed"].items()
                 if isinstance(v, float) and not math.isfinite(v) and result["passed"] is True]
+    if result["passed"] not in (True, False, None):
+        problems.append(f"passed = {result['passed']!r}; allowed: True, False, None (inconclusive)")
     if result["passed"] is None and not result["notes"]:
         problems.append("inconclusive without a note saying why")
+    if result.get("scope", "published") not in SCOPES:
+        problems.append(f"scope = {result.get('scope')!r}; allowed: {', '.join(SCOPES)}")
     problems += [f"n[{k}] = {v!r} is negative" for k, v in result["n"].items() if v < 0]
     problems += [f"criterion metric {m!r} was not observed" for m in result["criterion"]
                  if m not in result["observed"]]

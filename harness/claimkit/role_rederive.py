@@ -25,7 +25,7 @@ from harness.claimkit.role import layer_profile
 
 # [published] key -> (protocol, kind, label of its mean in the other table's result)
 TABLES = {"data_file": ("rederive", "rederive", "committed_table"),
-          "superseded_data_file": ("rederive:superseded", "robustness", "superseded_table")}
+          "superseded_data_file": ("robustness:rederive_superseded", "robustness", "superseded_table")}
 
 
 def _replay(claim: Claim, folder: Path, name: str) -> RfcReplay:
@@ -106,5 +106,5 @@ def cross_model(claim: Claim, folder: Path) -> dict[str, Any]:
              "circular_shift": {"arrangements": corr.n_layers},
              "block_permutation": {"block_length": corr.block_length, "n_permutations": corr.n_permutations,
                                    "seed": int(spec["seed"])}}
-    return protocol_result(claim, f"rederive:correlation_{label}", "robustness", claim.criteria["cross_model"],
+    return protocol_result(claim, f"robustness:correlation_{label}", "robustness", claim.criteria["cross_model"],
                            observed, published=published, n={"layers": corr.n_layers}, tests=tests, notes=notes)

@@ -205,17 +205,22 @@ def verdict(results: Iterable[Mapping[str, Any]], declared: Declared) -> Verdict
     6. a control underpowered -> underpowered (with n_needed); one without a decision -> inconclusive;
     7. no control ran at all -> inconclusive (reproduced needs at least one diagnostic control);
     8. otherwise -> reproduced.
-    Robustness results never change the verdict.
+    Robustness results never change the verdict. A result marked `dropped` (a control that would repeat
+    as_published exactly on this model) is listed as skipped on purpose, with its reason, and never counted.
     """
-    items = list(results)
+    everything = list(results)
+    dropped = [r for r in everything if r.get("dropped")]
+    items = [r for r in everything if not r.get("dropped")]
     by_kind: dict[str, list[Mapping[str, Any]]] = {k: [r for r in items if r.get("kind") == k] for k in KINDS}
     controls = {str(r["protocol"]): r.get("decision") for r in by_kind["control"]}
     n_needed = {str(r["protocol"]): r.get("n_needed") for r in by_kind["control"]
                 if r.get("decision") == "underpowered"}
-    ran = {str(r["protocol"]).partition(":")[2] for r in items if r.get("kind") in ("control", "null")}
+    ran = {str(r["protocol"]).partition(":")[2] for r in everything if r.get("kind") in ("control", "null")}
     not_run = [c for c in (*declared.controls, *declared.nulls)
                if c not in ran and c not in declared.skipped_on_purpose]
-    out = Verdict("inconclusive", [], controls, not_run, list(declared.skipped_on_purpose), n_needed,
+    skipped = [*declared.skipped_on_purpose,
+               *(f"{str(r['protocol']).partition(':')[2]} (dropped: {r['dropped']})" for r in dropped)]
+    out = Verdict("inconclusive", [], controls, not_run, skipped, n_needed,
                   {str(r["protocol"]): r.get("passed") for r in by_kind["robustness"]},
                   {str(r["protocol"]): r.get("passed") for r in by_kind["null"]})
     if not by_kind["as_published"]:

@@ -1,10 +1,12 @@
 """Per-layer, per-head attention entropy computed inside the attention forward, without keeping patterns.
 
 How: `attention_entropy(model, layers)` registers a uniquely named function with transformers'
-`AttentionInterface` (and the same name with `AttentionMaskInterface`, mapped to the sdpa mask builder) and
-points `model.config._attn_implementation` at it. Each layer's call returns `sdpa_attention_forward`'s
-output, so logits are unchanged; for requested layers (`module.layer_idx`) it also recomputes
-softmax(q k^T * scaling + mask) in float32 from the query and un-repeated key states, reduces each query row
+`AttentionInterface` (and the same name with `AttentionMaskInterface`, mapped to the model's own mask
+builder) and points `model.config._attn_implementation` at it. Each layer's call returns what the model's own
+attention (sdpa, or eager where a family needs it: gemma2's logit soft-capping) returns, so logits are
+unchanged; for requested layers (`module.layer_idx`) it also recomputes softmax(cap(q k^T * scaling) + mask)
+in float32 from the query and un-repeated key states (cap: the `softcap` the layer passes, if any,
+c * tanh(x / c)), reduces each query row
 to three numbers and drops the probabilities there: only (layer, 3, batch, head, q) outlives a layer. Long
 inputs go in blocks of query rows (float32 temporaries under `chunk_bytes`). The reduction is a dozen small
 kernels, more CPU than GPU time at the published sizes, so on CUDA it is captured once per input shape as a
@@ -39,6 +41,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import sys
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -63,6 +66,16 @@ _BOS, _PUBLISHED, _NOBOS = 0, 1, 2  # rows of the per-query statistics
 _NAME_PREFIX = "harness_entropy"
 _names = itertools.count()
 _FLOAT_FIELDS = ("published", "published_sum", "normalised", "normalised_sum", "bos_mass")
+WRAPPED = ("sdpa", "eager")  # the attention implementations the engine can stand in for
+
+
+def eager_forward(module: torch.nn.Module) -> Callable[..., tuple[torch.Tensor, Any]]:
+    """The eager attention function of a module's own modeling file (each family defines its own)."""
+    found = getattr(sys.modules[type(module).__module__], "eager_attention_forward", None)
+    if found is None:
+        raise TypeError(f"{type(module).__name__} ({type(module).__module__}) defines no eager_attention_forward; "
+                        "load the model with sdpa attention")
+    return found
 
 
 @dataclass(frozen=True)
@@ -157,16 +170,16 @@ def rows_per_block(query: torch.Tensor, n_keys: int, chunk_bytes: int) -> int:
 
 
 def layer_rows(query: torch.Tensor, key: torch.Tensor, bias: torch.Tensor, out: torch.Tensor, scaling: float,
-               variants: tuple[str, ...], chunk_bytes: int) -> None:
+               variants: tuple[str, ...], chunk_bytes: int, softcap: float | None = None) -> None:
     """Per-query statistics of one layer from query (batch, head, q, dim) and key (batch, kv, k, dim)."""
     q_blocks, k_blocks = to_blocks(query, key)
     step = rows_per_block(query, key.shape[2], chunk_bytes)
-    row_statistics(q_blocks, k_blocks, bias, out, scaling, variants, step)
+    row_statistics(q_blocks, k_blocks, bias, out, scaling, variants, step, softcap)
 
 
 def row_statistics(q_blocks: torch.Tensor, k_blocks: torch.Tensor, bias: torch.Tensor, out: torch.Tensor,
-                   scaling: float, variants: tuple[str, ...], step: int) -> None:
-    """Statistics of each query row of softmax(q k^T * scaling + bias) into out (3, batch, kv, q, group).
+                   scaling: float, variants: tuple[str, ...], step: int, softcap: float | None = None) -> None:
+    """Statistics of each query row of softmax(cap(q k^T * scaling) + bias) into out (3, batch, kv, q, group).
 
     Row _BOS: p[0]; row _PUBLISHED: sum_k entr(p_k + eps) over all keys; row _NOBOS: the entropy over keys
     >= 1 after renormalising. q_blocks and k_blocks come from `to_blocks`; bias is (batch|1, 1, q, k).
@@ -180,7 +193,11 @@ def row_statistics(q_blocks: torch.Tensor, k_blocks: torch.Tensor, bias: torch.T
         # (batch, kv, q, group, dim) -> (batch, kv, q * group, dim): one matmul per key head
         rows = q_blocks[:, :, start:stop].reshape(batch, n_kv, n_rows * groups, dim)
         scores = torch.matmul(rows, keys_t).view(batch, n_kv, n_rows, groups, n_keys)  # (b, kv, q, group, k)
-        scores = torch.add(bias[:, :, start:stop].unsqueeze(3), scores, alpha=scaling)  # scale + mask
+        if softcap is not None:  # gemma2: logits capped at +-softcap before the mask
+            scores = torch.tanh(scores * (scaling / softcap)) * softcap
+            scores = scores + bias[:, :, start:stop].unsqueeze(3)
+        else:
+            scores = torch.add(bias[:, :, start:stop].unsqueeze(3), scores, alpha=scaling)  # scale + mask
         _reduce_block(scores, out[:, :, :, start:stop], variants)
         del scores
 
@@ -330,14 +347,15 @@ class AttentionEntropy:
 
     def __call__(self, module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                  attention_mask: torch.Tensor | None, **kwargs: Any) -> tuple[torch.Tensor, None]:
-        """The registered attention function: sdpa's output, plus the row statistics of requested layers."""
+        """The registered attention function: the model's own attention output, plus the row statistics of
+        requested layers."""
         layer = getattr(module, "layer_idx", None)
         if layer in self._slot:
             with torch.no_grad():
-                self._record(int(layer), query, key, attention_mask, kwargs.get("scaling"))
-        output: tuple[torch.Tensor, None] = sdpa_attention_forward(module, query, key, value, attention_mask,
-                                                                   **kwargs)
-        return output
+                self._record(int(layer), query, key, attention_mask, kwargs.get("scaling"), kwargs.get("softcap"))
+        attend = sdpa_attention_forward if self._saved == "sdpa" else eager_forward(module)
+        output, _ = attend(module, query, key, value, attention_mask, **kwargs)
+        return output, None
 
     def _bias(self, mask: torch.Tensor | None, batch: int, length: int, device: torch.device
               ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -347,7 +365,7 @@ class AttentionEntropy:
         return self._mask[2], self._mask[3]
 
     def _record(self, layer: int, query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor | None,
-                scaling: float | None) -> None:
+                scaling: float | None, softcap: float | None = None) -> None:
         if layer in self._done:
             raise RuntimeError(f"layer {layer} ran twice before pop(): call pop() after each forward "
                                "(generate() and cached decoding are not supported)")
@@ -356,7 +374,7 @@ class AttentionEntropy:
                              "entropy needs a full forward without a cached prefix (no generate())")
         if self._forward is None:  # the first requested layer of this forward
             scale = scaling if scaling is not None else query.shape[-1] ** -0.5
-            self._forward = self._start(query, key, scale)
+            self._forward = self._start(query, key, scale, softcap)
         shapes, slots, run = self._forward
         if shapes != (query.shape, key.shape):
             raise RuntimeError(f"layer {layer}: query {tuple(query.shape)} and key {tuple(key.shape)} differ "
@@ -365,17 +383,19 @@ class AttentionEntropy:
         run(query, key, bias, slots[self._slot[layer]])
         self._done.add(layer)
 
-    def _start(self, query: torch.Tensor, key: torch.Tensor, scale: float) -> _Forward:
+    def _start(self, query: torch.Tensor, key: torch.Tensor, scale: float, softcap: float | None) -> _Forward:
         """Allocate this forward's statistics and pick how layers compute them (all layers share shapes)."""
         self._stats = query.new_empty((len(self.layers), *_row_shape(query, key)), dtype=torch.float32)
         variants, chunk_bytes = self.variants, self.chunk_bytes
 
         def eager(q: torch.Tensor, k: torch.Tensor, bias: torch.Tensor, out: torch.Tensor) -> None:
-            layer_rows(q, k, bias, out, scale, variants, chunk_bytes)
+            layer_rows(q, k, bias, out, scale, variants, chunk_bytes, softcap)
 
-        return (query.shape, key.shape), self._stats.unbind(0), self._graphed(query, key, scale) or eager
+        graphed = self._graphed(query, key, scale, softcap)
+        return (query.shape, key.shape), self._stats.unbind(0), graphed or eager
 
-    def _graphed(self, query: torch.Tensor, key: torch.Tensor, scale: float) -> _GraphedRows | None:
+    def _graphed(self, query: torch.Tensor, key: torch.Tensor, scale: float, softcap: float | None
+                 ) -> _GraphedRows | None:
         """A CUDA graph where launches dominate (small layers in one block of rows); None otherwise."""
         if not (self.cuda_graphs and query.is_cuda) or torch.cuda.is_current_stream_capturing():
             return None
@@ -383,11 +403,11 @@ class AttentionEntropy:
         footprint = 4 * (query.numel() + key.numel() + 3 * query.shape[0] * query.shape[1] * n_keys ** 2)
         if rows_per_block(query, n_keys, self.chunk_bytes) < n_keys or footprint > _GRAPH_MAX_BYTES:
             return None
-        signature = (tuple(query.shape), tuple(key.shape), scale, query.device)
+        signature = (tuple(query.shape), tuple(key.shape), scale, softcap, query.device)
         if signature not in self._graphs:
 
             def run(q_blocks: torch.Tensor, k_blocks: torch.Tensor, b: torch.Tensor, o: torch.Tensor) -> None:
-                row_statistics(q_blocks, k_blocks, b, o, scale, variants, n_keys)
+                row_statistics(q_blocks, k_blocks, b, o, scale, variants, n_keys, softcap)
 
             self._graphs[signature] = _GraphedRows(query, key, run)
         return self._graphs[signature]
@@ -414,12 +434,13 @@ class AttentionEntropy:
         if isinstance(current, str) and current.startswith(_NAME_PREFIX):
             raise RuntimeError("attention_entropy is already active on this model and blocks do not nest; "
                                "request all the layers you need in one block")
-        if current != "sdpa":
-            raise ValueError(f"attention_entropy wraps sdpa attention, but the model uses {current!r}: call "
-                             "model.set_attn_implementation('sdpa') first (harness.models.load gives sdpa)")
+        if current not in WRAPPED:
+            raise ValueError(f"attention_entropy wraps sdpa or eager attention, but the model uses {current!r}: "
+                             "call model.set_attn_implementation('sdpa') first (harness.engine.models.load "
+                             "gives sdpa, or eager where the family needs it)")
         AttentionInterface.register(self.name, self)
         if _MASK_REGISTRY is not None:
-            _MASK_REGISTRY[self.name] = _MASK_REGISTRY["sdpa"]
+            _MASK_REGISTRY[self.name] = _MASK_REGISTRY[current]
         self._saved = current
         self.config._attn_implementation = self.name
 

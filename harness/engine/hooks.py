@@ -141,8 +141,11 @@ def edit_site(model: nn.Module, site: str | Site, fn: EditFn, *, mode: str = "al
     log = CallLog()
     counter = iter(range(1 << 62))
 
+    part = resolved.part  # q, k or v inside a fused projection's output
+
     def apply(value: Any) -> Any:
-        tensor = _primary(value)
+        full = _primary(value)
+        tensor = part.take(full) if part is not None else full
         call = Call(resolved.name, next(counter), int(tensor.shape[1]))
         log.by_seq_len[call.seq_len] += 1
         if not _in_mode(call, mode):
@@ -151,7 +154,7 @@ def edit_site(model: nn.Module, site: str | Site, fn: EditFn, *, mode: str = "al
         if new is None:
             return None
         log.edited += 1
-        return _rebuild(value, new)
+        return _rebuild(value, part.put(full, new) if part is not None else new)
 
     def pre_hook(_module: nn.Module, args: Any) -> Any:
         return apply(args)

@@ -1,4 +1,5 @@
-"""Model registry and loading: published models with pinned revisions, random-weight and tiny builds.
+"""Loading models: registry models at their pinned revisions, a user's models from any source
+(harness.engine.weights), random-weight and tiny builds, and the loaded model's entry in the report.
 
 Every dimension is read from the loaded model's config (`Dims`), never from this file.
 """
@@ -15,18 +16,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
 from harness.engine import modeldir
+from harness.engine.sources import ModelUnavailable
 from harness.engine.specs import DEFAULT_TOKEN_BUDGET, MODELS_DIR, ModelSpec
 from harness.engine.tokenizer import build_offline_tokenizer, corpus_digest, corpus_lines, readable
+from harness.engine.weights import Opened, gpu_budget, open_directory, open_hub, open_source
+
+__all__ = ["DTYPES", "WEIGHTS", "Dims", "LoadedModel", "ModelPathError", "ModelUnavailable", "build_tiny", "load",
+           "place"]
 
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 WEIGHTS = ("pretrained", "random")
-
-
-class ModelUnavailable(RuntimeError):
-    """The weights of a model cannot be found; the message says which model, which revision and the fix."""
 
 
 class ModelPathError(ValueError):
@@ -84,9 +86,11 @@ class LoadedModel:
         return {
             "id": self.spec.id,
             "hf_id": self.spec.hf_id,
-            "requested_revision": self.spec.revision,
+            "family": getattr(self.model.config, "model_type", None),
+            "requested_revision": self.spec.revision or None,
             "resolved_revision": self.resolved_revision,
             "source": self.source,
+            "registered_in": self.spec.origin,
             "dtype": str(self.model.dtype).removeprefix("torch."),
             "weights": self.weights,
             "attn_implementation": getattr(self.model.config, "_attn_implementation", None),
@@ -157,24 +161,6 @@ def build_tiny(spec: ModelSpec, directory: Path, seed: int = 0) -> Path:
     return directory
 
 
-def _local_revision(directory: Path) -> str:
-    """A resolved revision for a local directory: the hub snapshot sha if it is one, else a content hash."""
-    parts = directory.resolve().parts
-    if len(parts) >= 2 and parts[-2] == "snapshots":
-        return parts[-1]
-    marker = directory / "harness_provenance.json"
-    if marker.exists():
-        return "local:" + _digest(json.loads(marker.read_text(encoding="utf-8")))
-    config = directory / "config.json"
-    return "local:" + (hashlib.sha256(config.read_bytes()).hexdigest()[:12] if config.exists() else "unknown")
-
-
-def _gpu_budget(devices: Sequence[str]) -> dict[int, int]:
-    """max_memory for accelerate: the listed GPUs only, 90% of each (the rest stays free for activations)."""
-    indices = [torch.device(d).index or 0 for d in devices]
-    return {i: int(torch.cuda.get_device_properties(i).total_memory * 0.9) for i in indices}
-
-
 def place(model: PreTrainedModel, devices: Sequence[str]) -> PreTrainedModel:
     """Put a model on one device, or shard it layer-wise across several GPUs with accelerate."""
     if len(devices) == 1:
@@ -184,26 +170,15 @@ def place(model: PreTrainedModel, devices: Sequence[str]) -> PreTrainedModel:
     from accelerate.utils import get_balanced_memory
 
     no_split = list(getattr(model, "_no_split_modules", None) or [])
-    budget = get_balanced_memory(model, max_memory=_gpu_budget(devices), no_split_module_classes=no_split)
+    budget = get_balanced_memory(model, max_memory=gpu_budget(devices), no_split_module_classes=no_split)
     device_map = infer_auto_device_map(model, max_memory=budget, no_split_module_classes=no_split)
     return dispatch_model(model, device_map=device_map)
 
 
-def _from_pretrained(source: str, revision: str | None, dtype: torch.dtype, devices: Sequence[str],
-                     local_only: bool) -> Any:
-    kwargs: dict[str, Any] = {"revision": revision, "local_files_only": local_only, "attn_implementation": "sdpa"}
-    placement: dict[str, Any] = {}
-    if len(devices) > 1:
-        placement = {"device_map": "balanced", "max_memory": _gpu_budget(devices)}
-    elif devices[0] != "cpu":
-        placement = {"device_map": devices[0]}
-    try:
-        return AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs, **placement).eval()
-    except TypeError:  # transformers 4.x spells it torch_dtype
-        return AutoModelForCausalLM.from_pretrained(source, torch_dtype=dtype, **kwargs, **placement).eval()
-
-
 def _how_to_provide(spec: ModelSpec) -> str:
+    if spec.origin != "registry":
+        return (f"{spec.id!r} comes from {spec.origin} ({spec.source}): place it in the Hugging Face cache, pass "
+                "--allow-download, or give a local directory or .gguf file as its SOURCE")
     return (
         f"provide them in one of three ways: (1) --model-path {spec.id}=DIR, a directory holding the weights; "
         f"(2) download them once into the Hugging Face cache at the pinned revision "
@@ -225,6 +200,23 @@ def _path_error(spec: ModelSpec, path: Path, err: Exception) -> ModelPathError:
                           f"{first}); give a directory written by save_pretrained, e.g. a Hugging Face cache snapshot")
 
 
+def _open_registered(spec: ModelSpec, model_path: Path | None, devices: Sequence[str], local_only: bool,
+                     allow_pickle: bool, dtype: torch.dtype) -> Opened:
+    """A registry model: its source, a --model-path directory, or its hub id at the pinned revision. A directory
+    the user named is checked first, and anything wrong with it is a ModelPathError (an error, not a skip)."""
+    if spec.source is not None and model_path is None:
+        return open_source(spec, dtype, devices, local_only, allow_pickle)
+    if model_path is None:
+        return open_hub(spec, spec.hf_id, spec.revision, dtype, devices, local_only, allow_pickle)
+    found = modeldir.problem(model_path) if not spec.tiny else None
+    if found:
+        raise ModelPathError(f"--model-path {spec.id}={model_path}: the path {found}; give {modeldir.HOW}")
+    try:
+        return open_directory(spec, model_path, dtype, devices, allow_pickle)
+    except Exception as err:  # re-raised as what it means: the user's directory does not load
+        raise _path_error(spec, model_path, err) from err
+
+
 def load(
     spec: ModelSpec,
     *,
@@ -236,11 +228,14 @@ def load(
     allow_download: bool = False,
     shard_devices: Sequence[str] = (),
     dtype: str | None = None,
+    allow_pickle: bool = False,
+    validate: bool = True,
 ) -> LoadedModel:
     """Load a model as the claim needs it. Missing weights raise ModelUnavailable with the fix.
 
     `shard_devices` (two or more GPUs) splits the model layer-wise across them with accelerate. `dtype` (a
-    claim protocol's, e.g. "float16") overrides the registry's dtype for the spec.
+    claim protocol's, e.g. "float16") overrides the registry's dtype for the spec. Unless `validate` is False,
+    the loaded model is checked (harness.engine.validation) before it is returned.
     """
     from transformers.utils import logging as hf_logging
 
@@ -257,34 +252,39 @@ def load(
             raise ValueError(f"tiny model {spec.id!r} needs a cache_dir to be saved to and loaded from")
         model_path = build_tiny(spec, cache_dir / spec.id, seed=seed)
     if weights == "random" and not spec.tiny:
-        return _load_random(spec, devices, seed, torch_dtype)
+        if not spec.config:
+            raise ModelUnavailable(f"--weights random builds a registered architecture file, and {spec.id!r} "
+                                   f"(from {spec.origin}) has none; run it with its pretrained weights")
+        lm = _load_random(spec, devices, seed, torch_dtype)
+    else:
+        lm = _load_pretrained(spec, model_path, devices, allow_download, allow_pickle, torch_dtype, offline)
+    if validate:
+        from harness.engine.validation import validate_model  # it runs the engine, which imports this module
+
+        lm.provenance["validation"] = validate_model(lm)
+    return lm
+
+
+def _load_pretrained(spec: ModelSpec, model_path: Path | None, devices: Sequence[str], allow_download: bool,
+                     allow_pickle: bool, dtype: torch.dtype, offline: bool = False) -> LoadedModel:
+    """`offline`: a tiny model built here, whose offline tokenizer decodes stray bytes as escapes."""
     local_only = allow_download is False or os.environ.get("HF_HUB_OFFLINE") == "1"
-    source = str(model_path) if model_path is not None else spec.hf_id
-    found = modeldir.problem(model_path) if model_path is not None and not spec.tiny else None
-    if model_path is not None and found:
-        raise ModelPathError(f"--model-path {spec.id}={model_path}: the path {found}; give {modeldir.HOW}")
-    revision = None if model_path is not None else spec.revision
     try:
-        model = _from_pretrained(source, revision, torch_dtype, devices, local_only)
-        tokenizer = AutoTokenizer.from_pretrained(source, revision=revision, local_files_only=local_only)
-    except Exception as err:  # re-raised below, as what it means for this model
-        if model_path is not None:  # the user named this directory: what is wrong with it is an error
-            raise _path_error(spec, model_path, err) from err
-        if isinstance(err, OSError) and local_only:
+        opened = _open_registered(spec, model_path, devices, local_only, allow_pickle, dtype)
+    except OSError as err:
+        if local_only and spec.origin == "registry":
             raise _not_cached(spec) from err
-        if isinstance(err, OSError):
-            raise ModelUnavailable(f"the weights of {spec.id!r} ({spec.hf_id} @ {spec.revision}) could not be "
-                                   f"fetched ({err.__class__.__name__}: {str(err).splitlines()[0][:200]}); "
-                                   + _how_to_provide(spec)) from err
-        raise
-    if len(devices) == 1 and model.device.type != torch.device(device).type:
-        model = model.to(device)
-    resolved = _local_revision(Path(source)) if model_path is not None else str(
-        getattr(model.config, "_commit_hash", None) or spec.revision)
+        raise ModelUnavailable(f"weights for {spec.id!r} not found ({err.__class__.__name__}: "
+                               f"{str(err).splitlines()[0]}); " + _how_to_provide(spec)) from err
+    model = opened.model
+    if len(devices) == 1 and model.device.type != torch.device(devices[0]).type:
+        model = model.to(devices[0])
+    source = opened.source
     if spec.tiny:  # built in a temporary directory: name what it was built from, which is reproducible
         source = f"fixtures/models/{spec.config} (tiny, built at test time)"
-    tokenizer = readable(tokenizer) if offline else tokenizer
-    return LoadedModel(spec, model, _prepared(tokenizer), "tiny" if spec.tiny else "pretrained", resolved, source)
+    tokenizer = readable(opened.tokenizer) if offline else opened.tokenizer
+    return LoadedModel(spec, model, _prepared(tokenizer), "tiny" if spec.tiny else "pretrained",
+                       opened.resolved, source, {"format": opened.format})
 
 
 def model_seed(spec: ModelSpec, seed: int) -> int:
@@ -309,7 +309,8 @@ def _load_random(spec: ModelSpec, devices: Sequence[str], seed: int, dtype: torc
         model = place(_from_config(config, dtype, "cpu", weight_seed), devices)
     tokenizer = build_offline_tokenizer(lines)
     resolved = f"random:seed{seed}:{_digest(architecture(spec))}"
-    provenance = {"tokenizer": f"harness-offline-bpe:{corpus_digest(lines)}", "random_seed": seed,
+    provenance = {"format": "random-init", "tokenizer": f"harness-offline-bpe:{corpus_digest(lines)}",
+                  "random_seed": seed,
                   "weight_seed": weight_seed, "devices": list(devices)}
     return LoadedModel(spec, model, _prepared(readable(tokenizer)), "random", resolved,
                        f"fixtures/models/{spec.config}", provenance)

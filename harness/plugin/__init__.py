@@ -4,6 +4,7 @@ A guest in every pytest session of its environment: importing it loads no model 
 selects no claim reads no claim file, loads no model and writes no report. Its parts:
 
 - options.py     command-line options, checked when given; the run's Options, built when a claim needs them
+- usermodels.py  the models a run may use (registry, --model, --model-registry, --pair) and selects
 - collection.py  claim discovery (claim.toml beside the test module), model parametrization, item identity
 - fixtures.py    lm, claim, prompt_bank, published_data, record_claim, ...
 - collector.py   the controller's JSON report, HTML page and terminal summary (summary.py: closing lines)
@@ -41,6 +42,7 @@ __all__ = ["claim", "harness_options", "lm", "model_cache", "model_id", "null_lm
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "gpu: needs a CUDA device and the published 7-8B models")
     config.addinivalue_line("markers", "slow: takes more than a few seconds on the CPU")
+    config.addinivalue_line("markers", "real: real pretrained weights small enough for the CPU (SmolLM2-135M)")
     config.addinivalue_line("markers", "claim(id): a published-claim test; the id names the claim's folder")
     config.addinivalue_line("markers", "xdist_group(name): run on one pytest-xdist worker (--dist loadgroup)")
     check_given(config)

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from harness.claimkit.params import Schema
     from harness.claimkit.prompts import PromptBank
     from harness.claimkit.registry import Claim
+    from harness.engine.specs import ModelSpec
     from harness.plugin.options import Options
 
 
@@ -65,15 +66,27 @@ def claim_bank(config: pytest.Config, claim: Claim) -> PromptBank:
 
 
 def applicable_models(claim: Claim, opts: Options) -> list[str]:
-    """Selected models this claim runs on: its published models, plus tiny stand-ins of the same variant."""
+    """Selected models this claim runs on: its published models, tiny stand-ins of the same variant, and the
+    models the user chose (Options.generalise) that offer what the claim needs."""
     variants = {opts.registry[m].variant for m in claim.models if m in opts.registry}
     chosen = []
     for model_id in opts.models:
         spec = opts.registry[model_id]
-        if model_id in claim.models or (spec.tiny and (model_id in claim.tiny_models if claim.tiny_models is not None
-                                                       else spec.variant in variants)):
+        if spec.tiny:
+            stand_in = model_id in claim.tiny_models if claim.tiny_models is not None else spec.variant in variants
+        else:
+            stand_in = False
+        generalises = model_id in opts.generalise and (claim.needs == "model" or spec.base is not None)
+        if model_id in claim.models or stand_in or generalises:
             chosen.append(model_id)
     return chosen
+
+
+def model_marks(spec: ModelSpec) -> tuple[pytest.MarkDecorator, ...]:
+    """`gpu` on the published models, `real` on real weights small enough for the CPU; a user's model and the
+    tiny stand-ins run wherever --device says. Every test of one model runs on one xdist worker."""
+    tier = () if spec.tiny or spec.origin != "registry" else (pytest.mark.real,) if spec.cpu else (pytest.mark.gpu,)
+    return (*tier, pytest.mark.xdist_group(spec.id))
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -102,9 +115,7 @@ def parametrize(metafunc: pytest.Metafunc) -> None:
     opts = state(metafunc.config).options()
     # xdist_group (for --dist loadgroup): every test of one model runs on one worker, which loads it once. Set
     # on the parameter, so the mark exists before any plugin's collection hook reads it.
-    params = [pytest.param(m, marks=(pytest.mark.xdist_group(m),) if opts.registry[m].tiny else
-                           (pytest.mark.gpu, pytest.mark.xdist_group(m)), id=m)
-              for m in applicable_models(claim, opts)]
+    params = [pytest.param(m, marks=model_marks(opts.registry[m]), id=m) for m in applicable_models(claim, opts)]
     metafunc.parametrize("model_id", params, scope="session", indirect=True)
 
 

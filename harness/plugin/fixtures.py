@@ -79,7 +79,8 @@ class ModelCache:
         try:
             return load(opts.registry[model_id], weights=opts.weights, device=opts.device,
                         model_path=opts.model_paths.get(model_id), cache_dir=opts.cache_dir, seed=opts.seed,
-                        allow_download=opts.allow_download, shard_devices=opts.shard_devices, dtype=dtype)
+                        allow_download=opts.allow_download, shard_devices=opts.shard_devices, dtype=dtype,
+                        allow_pickle=opts.allow_pickle)
         except ModelUnavailable as err:
             self.unavailable[model_id] = str(err)
         except ModelPathError as err:

@@ -13,16 +13,16 @@ import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pytest
-
-from harness.engine.specs import DEFAULT_TOKEN_BUDGET
 
 if TYPE_CHECKING:
     from harness.engine.specs import ModelSpec
 
 CACHE_PREFIX = "claim-harness-"  # the run's temporary folder (tiny models); removed when the session ends
+# As harness.engine.specs.DEFAULT_TOKEN_BUDGET, written out: a guest plugin imports no engine code (test_options)
+DEFAULT_TOKEN_BUDGET = 32_768
 DEVICE_FORMS = "cpu, cuda (each pytest-xdist worker gets its own GPU), cuda:N (GPU number N), mps"
 DEVICE_PATTERN = re.compile(r"cpu|mps|cuda(:\d+)?")
 REPORT_DEFAULTS = {"--claims-json": "results/claims.json", "--claims-html": None}
@@ -45,14 +45,26 @@ class Options:
     cache_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix=CACHE_PREFIX)))
     skip_controls: dict[str, tuple[str, ...]] = field(default_factory=dict)  # claim id -> controls skipped on purpose
     null_weights: bool = True  # run the null-weights check (the as-published criterion on a random-weight twin)
+    allow_pickle: bool = False
+    generalise: frozenset[str] = frozenset()  # selected models that run every compatible claim, not only their own
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("claim-harness", "published-claim verification")
-    group.addoption("--models", default=None, help="comma-separated model ids (default: the tiny set, or the "
-                    "published set under -m gpu)")
+    group.addoption("--models", default=None, help="comma-separated model ids (default: the tiny set; the "
+                    "published set under -m gpu; SmolLM2 under -m real; the --model ones when given)")
     group.addoption("--model-path", action="append", default=[], metavar="ID=DIR",
-                    help="load model ID from local directory DIR (repeatable)")
+                    help="load registered model ID from local directory DIR (repeatable)")
+    group.addoption("--model", action="append", default=[], metavar="NAME=SOURCE",
+                    help="run the claims on your own model (repeatable): SOURCE is a directory (config.json + "
+                    "safetensors), a .gguf file, or hf:ORG/NAME@REVISION; results are labelled generalisation")
+    group.addoption("--model-registry", action="append", default=[], metavar="FILE.toml",
+                    help="add the models of a registry file (fixtures/models/registry.toml's format, with "
+                    "`source = ...`); select them with --models")
+    group.addoption("--pair", action="append", default=[], metavar="INSTRUCT=BASE",
+                    help="the base model of an instruct model, for claims that compare the two (repeatable)")
+    group.addoption("--allow-pickle", action="store_true", help="load pickle checkpoints (.bin, .pt) of a "
+                    "directory that holds no safetensors: they can run code when read, so only for trusted files")
     group.addoption("--weights", choices=("pretrained", "random"), default="pretrained",
                     help="'random' builds the published architecture with seeded random weights")
     group.addoption("--device", default=None, help="torch device (default: cuda when available, else cpu)")
@@ -83,13 +95,22 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     "CPU-bound runs of large models; the report says it was not done")
 
 
+EXAMPLES = {"KEY=PATH": "mistral-7b-v0.1=/models/m", "NAME=SOURCE": "my=/models/SmolLM2.gguf",
+            "INSTRUCT=BASE": "my-instruct=my-base"}
+
+
 def pairs(values: list[str], option: str) -> dict[str, Path]:
-    found: dict[str, Path] = {}
+    return {key: Path(value).expanduser() for key, value in assignments(values, option, "KEY=PATH").items()}
+
+
+def assignments(values: list[str], option: str, form: str) -> dict[str, str]:
+    """KEY=VALUE option values, in order; a malformed one fails naming the option, the value and the form."""
+    found: dict[str, str] = {}
     for value in values:
-        key, sep, path = value.partition("=")
-        if not sep or not key or not path:
-            raise pytest.UsageError(f"{option} {value!r}: expected KEY=PATH, e.g. {option} mistral-7b-v0.1=/models/m")
-        found[key] = Path(path).expanduser()
+        key, sep, rest = value.partition("=")
+        if not sep or not key or not rest:
+            raise pytest.UsageError(f"{option} {value!r}: expected {form}, e.g. {option} {EXAMPLES[form]}")
+        found[key] = rest
     return found
 
 
@@ -110,6 +131,16 @@ def check_given(config: pytest.Config) -> None:
     check_model_dirs(pairs(config.getoption("--model-path"), "--model-path"))
     skipped_controls(config.getoption("--skip-control"))
     pairs(config.getoption("--prompt-bank"), "--prompt-bank")
+    assignments(config.getoption("--model"), "--model", "NAME=SOURCE")
+    assignments(config.getoption("--pair"), "--pair", "INSTRUCT=BASE")
+    for path in config.getoption("--model-registry"):
+        if not Path(path).expanduser().is_file():
+            raise pytest.UsageError(f"--model-registry {path}: no such file; give a TOML file in the format of "
+                                    "fixtures/models/registry.toml")
+    if config.getoption("--model") or config.getoption("--model-registry") or config.getoption("--pair"):
+        from harness.plugin.usermodels import registry_with_user_models
+
+        registry_with_user_models(config)  # a user's model that cannot be used fails here, once
     for option, unit in (("--gpus-per-model", "GPUs"), ("--claim-batch-size", "prompts"),
                          ("--claim-token-budget", "tokens")):
         if config.getoption(option) < 1:
@@ -131,6 +162,8 @@ def check_given(config: pytest.Config) -> None:
 
 def check_model_dirs(paths: dict[str, Path]) -> None:
     """Every --model-path directory must look loadable: the user named it, so a bad one is an error."""
+    if not paths:
+        return
     from harness.engine.modeldir import HOW, problem
 
     for model_id, path in paths.items():
@@ -177,18 +210,13 @@ def check_report_paths(config: pytest.Config, options: list[str] | None = None) 
 
 def build(config: pytest.Config) -> Options:
     """The run's options, with the model registry and the devices of this worker."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before transformers is imported: nothing is downloaded
-    from harness.engine.specs import load_registry
+    if not config.getoption("--allow-download"):  # before transformers is imported: nothing is downloaded
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from harness.plugin.usermodels import registry_with_user_models, selected_models
     from harness.resources import published_dir
 
-    registry = _registry(load_registry)
-    raw = config.getoption("--models")
-    markexpr = config.getoption("markexpr") or ""
-    gpu_run = "gpu" in markexpr and "not gpu" not in markexpr
-    models = raw.split(",") if raw else [m for m, s in registry.items() if s.tiny != gpu_run]
-    unknown = [m for m in models if m not in registry]
-    if unknown:
-        raise pytest.UsageError(f"--models: unknown model(s) {unknown}; known: {', '.join(registry)}")
+    registry = registry_with_user_models(config)
+    models, generalise = selected_models(config, registry)
     model_paths = pairs(config.getoption("--model-path"), "--model-path")
     for model_id in model_paths:
         if model_id not in registry:
@@ -206,7 +234,8 @@ def build(config: pytest.Config) -> Options:
                    Path(given).expanduser() if given else published_dir(), devices if len(devices) > 1 else [],
                    token_budget=config.getoption("--claim-token-budget"),
                    skip_controls=skipped_controls(config.getoption("--skip-control")),
-                   null_weights=not config.getoption("--no-null-weights"))
+                   null_weights=not config.getoption("--no-null-weights"),
+                   allow_pickle=config.getoption("--allow-pickle"), generalise=generalise)
 
 
 def unused_model_paths(opts: Options) -> list[str]:
@@ -214,13 +243,6 @@ def unused_model_paths(opts: Options) -> list[str]:
     return [f"--model-path {m}={p} was not used: {m} is not among this run's models ({', '.join(opts.models)}); "
             f"select it with --models {m} (or -m gpu for the published set), or drop the option"
             for m, p in opts.model_paths.items() if m not in opts.models]
-
-
-def _registry(load: Any) -> Any:
-    try:
-        return load()
-    except ValueError as err:
-        raise pytest.UsageError(str(err)) from err
 
 
 def worker_index(config: pytest.Config) -> int:

@@ -127,7 +127,8 @@ def _verdict_of(claim: str, model: str, items: list[dict[str, Any]]) -> dict[str
         label = "error"
         reasons = [f"{r['protocol']}: error" for r in items if r.get("outcome") == "error"]
     weights = sorted({str(r.get("weights")) for r in items if r.get("weights") is not None})
-    return {"claim": claim, "model": model, "verdict": label, "reasons": reasons,
+    scope = next((str(r["scope"]) for r in items if r.get("scope")), None)
+    return {"claim": claim, "model": model, "verdict": label, "reasons": reasons, "scope": scope,
             "as_published": {r["protocol"]: r.get("passed") for r in main}, "controls": judged.controls,
             "robustness": judged.robustness, "nulls": judged.nulls, "not_run": judged.not_run,
             "skipped_on_purpose": judged.skipped_on_purpose, "n_needed": judged.n_needed,
@@ -142,6 +143,8 @@ def null_weights_status(nulls: dict[str, bool | None], declared: Declared, model
 
     if model == "published-data":
         return "not applicable (no model)"
+    if not declared.as_published:
+        return "not applicable (no published criterion)"
     if NULL_WEIGHTS_PROTOCOL in nulls:
         held = nulls[NULL_WEIGHTS_PROTOCOL]
         return {True: "ran: the criterion also holds on random weights (non-diagnostic)",
@@ -215,6 +218,8 @@ def verdict_notes(v: dict[str, Any]) -> list[str]:
     notes = []
     if v.get("non_diagnostic"):
         notes.append("published criterion non-diagnostic")
+    if v.get("scope") == "generalisation":
+        notes.append("generalisation: evidence about the protocol on this model, not about the published claim")
     for protocol, n in (v.get("n_needed") or {}).items():
         notes.append(f"{protocol} underpowered" + (f" (n >= {n} per group needed)" if n else " (n needed unknown)"))
     if v.get("not_run"):

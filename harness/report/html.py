@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from harness.report.figures import Figure
 
 MAIN_KINDS = ("as_published", "rederive", "measure")
+GENERALISATION = "not the claim's published model: evidence about the protocol here, not about the claim"
 ABSENT = "<td class=\"absent\">not run</td>"
 
 
@@ -102,13 +103,17 @@ def summary_grid(verdicts: list[dict[str, Any]], claims: list[str]) -> str:
     return ("<section id=\"summary\"><h2>Verdicts</h2>\n<table class=\"grid\">" + head + "".join(rows)
             + f"</table>\n<p class=\"legend\">{legend()} &nbsp; {mark('ND')} the published criterion also holds "
             "under its null (non-diagnostic) &nbsp; <span class=\"weak-key\">striped</span>: weights that are not "
-            "the published model's (tiny or random): a verdict on them is no evidence about the claim</p>"
+            "the published model's (tiny or random): a verdict on them is no evidence about the claim &nbsp; "
+            f"{mark('generalisation', GENERALISATION)} a model that is not the claim's published model: "
+            "evidence about the protocol on that model, not about the published claim</p>"
             "</section>")
 
 
 def grid_cell(v: Mapping[str, Any]) -> str:
     weak = not v.get("diagnostic_weights", False)
     notes = grid_notes(v)
+    if v.get("scope") == "generalisation":
+        notes.append(mark("generalisation", GENERALISATION))
     if weak:
         weights = "/".join(v.get("weights", []))
         notes.append(f"<span class=\"note\">not evidence (weights: {e(weights)})</span>")
@@ -137,6 +142,10 @@ def model_block(verdict: Mapping[str, Any], results: list[dict[str, Any]], info:
     weak = "" if verdict.get("diagnostic_weights") else (
         f"<p class=\"note\">weights {e('/'.join(verdict.get('weights', [])))}: these results check that the "
         "protocol runs end to end; they are not evidence about the published model.</p>")
+    if verdict.get("scope") == "generalisation":
+        weak += (f"<p class=\"note\">{mark('generalisation', GENERALISATION)} {e(model)} is not one of this "
+                 "claim's published models: these results are evidence about the protocol on this model, not about "
+                 "the published claim. Published layers are mapped by relative depth (each result's layer_map).</p>")
     parts = [f"<article id=\"{slug(verdict['claim'], model)}\"><h3>{e(model)} "
              f"<span class=\"verdict v-{e(verdict['verdict'])}\">{e(verdict['verdict'])}</span></h3>", weak,
              verdict_detail(verdict)]

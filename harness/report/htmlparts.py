@@ -94,8 +94,8 @@ def passed_cell(passed: Any, applies: bool, *, outcome: Any = None, bare: bool =
     return word if bare else f"<span class=\"{cls}\">{word}</span>"
 
 
-def mark(text: str) -> str:
-    return f"<span class=\"mark\" title=\"the published criterion also holds under its null\">{esc(text)}</span>"
+def mark(text: str, title: str = "the published criterion also holds under its null") -> str:
+    return f"<span class=\"mark\" title=\"{esc(title)}\">{esc(text)}</span>"
 
 
 def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:

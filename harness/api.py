@@ -1,0 +1,62 @@
+"""The public API: what a claim module is written against, in one import (`from harness import api`).
+
+This module is the public surface of claim-harness. A claim written against the names below keeps working
+across releases; everything else in the package is internal and may move. docs/writing-a-claim.md shows a
+claim built from them. The pytest fixtures a claim test takes (`lm`, `claim`, `prompt_bank`, `record_claim`,
+`harness_options`, `model_cache`, `published_data`) come from the plugin and are documented there too.
+
+Claims and results
+    Claim, ClaimError, load_claim: a claim folder's claim.toml, validated.
+    protocol_result, check: package one protocol's observation (criterion evaluated, scope and layer map
+        recorded) and assert it is well formed (and, on the published weights, that the criterion holds).
+    PromptBank, BankError, load_bank: prompt banks (`[bank]` and `[categories]` tables).
+Models and sites
+    LoadedModel, Dims: a loaded model and the dimensions read from its config.
+    resolve_site, parse_site, site_width, map_layer, SiteError, SITE_POINTS: named sites
+        (`blocks.{layer}.{point}`) on every supported architecture; published layers mapped by relative depth.
+Forward passes, hooks and interventions
+    encode, token_counts, Window, forward_capture, Captured: batched forwards keeping windows of sites.
+    capture, edit_site, hook_count, Call, CallLog: hooks as context managers that always remove themselves.
+    generate, Generation, GenerationRun: batched greedy generation with interventions active.
+    zero_attention_output, scale_heads, skip_layer, patch_residual: interventions as context managers.
+    attention_entropy, EntropyResult: per-layer, per-head attention entropy inside the forward.
+Measurements and statistics
+    stats: the statistical tests (student_t, welch_t, mann_whitney, permutation_test, paired_t, ols, ...).
+    participation_ratio, r_v: PR of a window of activations and the R_V ratio.
+    measure_rv, compare_rv, RVRun: R_V per prompt for a claim's early/late layers, and the published comparison.
+    measure_entropies, CategoryRun, rfc, rsi, head_level_rfc: attention entropy per prompt category and the
+        role-focus coefficients built on it.
+"""
+
+from __future__ import annotations
+
+from harness.analysis import stats
+from harness.analysis.metrics import participation_ratio, r_v
+from harness.analysis.rfc import head_level_rfc, rfc, rsi
+from harness.claimkit.prompts import BankError, PromptBank, load_bank
+from harness.claimkit.registry import Claim, ClaimError, load_claim
+from harness.claimkit.results import check, protocol_result
+from harness.claimkit.role import CategoryRun
+from harness.claimkit.role import measure as measure_entropies
+from harness.claimkit.rv import RVRun
+from harness.claimkit.rv import compare as compare_rv
+from harness.claimkit.rv import measure as measure_rv
+from harness.engine.attention import EntropyResult, attention_entropy
+from harness.engine.generation import Generation, GenerationRun, generate
+from harness.engine.hooks import Call, CallLog, capture, edit_site, hook_count
+from harness.engine.interventions import patch_residual, scale_heads, skip_layer, zero_attention_output
+from harness.engine.models import Dims, LoadedModel
+from harness.engine.runner import Captured, Window, encode, forward_capture, token_counts
+from harness.engine.sites import POINTS as SITE_POINTS
+from harness.engine.sites import SiteError, map_layer, site_width
+from harness.engine.sites import parse as parse_site
+from harness.engine.sites import resolve as resolve_site
+
+__all__ = [
+    "SITE_POINTS", "BankError", "Call", "CallLog", "Captured", "CategoryRun", "Claim", "ClaimError", "Dims",
+    "EntropyResult", "Generation", "GenerationRun", "LoadedModel", "PromptBank", "RVRun", "SiteError", "Window",
+    "attention_entropy", "capture", "check", "compare_rv", "edit_site", "encode", "forward_capture", "generate",
+    "head_level_rfc", "hook_count", "load_bank", "load_claim", "map_layer", "measure_entropies", "measure_rv",
+    "parse_site", "participation_ratio", "patch_residual", "protocol_result", "r_v", "resolve_site", "rfc", "rsi",
+    "scale_heads", "site_width", "skip_layer", "stats", "token_counts", "zero_attention_output",
+]

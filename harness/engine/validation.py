@@ -1,0 +1,137 @@
+"""A fast check, on load, that the site layout fits the model (nnterp's idea): a few forwards on two prompts.
+
+1. Sites: every point resolves at the first and the last layer and holds a tensor of the width the config
+   implies; resid_pre of layer 0 and resid_post of every layer but the last equal the model's own
+   `output_hidden_states` (the last is normalised by the model before it is returned).
+2. Entropy: the in-forward attention entropy (harness.engine.attention) equals the entropy of the eager
+   attention patterns (`output_attentions`), every layer and head, on both prompts padded into one batch.
+3. Batching: windows captured for both prompts in one batch equal those captured one prompt at a time.
+
+A failure raises ModelValidationError naming the model, the check and the size of the mismatch: the layout in
+harness/engine/architectures.py does not fit this model, and no claim should run on it.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from harness.engine.attention import attention_entropy
+from harness.engine.hooks import capture
+from harness.engine.runner import Encoded, Window, encode, forward_capture
+from harness.engine.sites import POINTS, site_width
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from harness.engine.models import LoadedModel
+
+PROMPTS = ("The capital of France is", "Water boils at one hundred degrees Celsius at sea level, and")
+EPS = 1e-8  # the published entropy's smoothing (harness.engine.attention)
+
+
+class ModelValidationError(RuntimeError):
+    """The site layout does not fit a loaded model; the message names the model, the check and the mismatch."""
+
+
+def tolerance(lm: LoadedModel) -> float:
+    """Relative tolerance of the checks: tight in float32, loose in half precision."""
+    return 1e-4 if lm.model.dtype == torch.float32 else 3e-2
+
+
+def _fail(lm: LoadedModel, check: str, detail: str) -> ModelValidationError:
+    return ModelValidationError(
+        f"model {lm.id!r} (model_type {getattr(lm.model.config, 'model_type', None)!r}) failed the {check} check "
+        f"on load: {detail}; the site layout (harness/engine/architectures.py) does not fit it")
+
+
+def _error(got: torch.Tensor, want: torch.Tensor) -> float:
+    """Largest absolute difference, relative to the largest magnitude of `want` (at least 1)."""
+    scale = max(1.0, float(want.abs().max()))
+    return float((got.float() - want.float()).abs().max()) / scale
+
+
+def check_sites(lm: LoadedModel, enc: Encoded) -> dict[str, Any]:
+    dims, last = lm.dims, lm.dims.n_layers - 1
+    sites = [f"blocks.{layer}.{point}" for layer in sorted({0, last}) for point in POINTS]
+    sites += [f"blocks.{layer}.resid_post" for layer in range(last) if layer not in (0, last)]
+    with torch.no_grad(), capture(lm.model, sites, model_name=lm.id) as acts:
+        hidden = lm.model(input_ids=enc.input_ids, attention_mask=enc.attention_mask,
+                          output_hidden_states=True).hidden_states
+    shape = tuple(enc.input_ids.shape)
+    for name, (tensor, *_) in acts.items():
+        want = (*shape, site_width(name.split(".", 2)[2], dims))
+        if tuple(tensor.shape) != want:
+            raise _fail(lm, "site shape", f"{name} holds {tuple(tensor.shape)}, the config implies {want}")
+    mask = enc.attention_mask.bool()[..., None]  # padded rows are not compared
+    pairs = [(acts["blocks.0.resid_pre"][0], hidden[0], "blocks.0.resid_pre")]
+    pairs += [(acts[f"blocks.{layer}.resid_post"][0], hidden[layer + 1], f"blocks.{layer}.resid_post")
+              for layer in range(last)]
+    worst = 0.0
+    for got, want, name in pairs:
+        error = _error(got * mask, want.to(got.device) * mask)
+        if error > tolerance(lm):
+            raise _fail(lm, "hidden state", f"{name} differs from output_hidden_states by {error:.3g} (relative)")
+        worst = max(worst, error)
+    return {"sites_checked": len(sites), "hidden_states_max_rel_error": worst}
+
+
+@contextmanager
+def _eager(model: Any) -> Iterator[None]:
+    saved = model.config._attn_implementation
+    if saved != "eager":
+        model.set_attn_implementation("eager")
+    try:
+        yield
+    finally:
+        if saved != "eager":
+            model.set_attn_implementation(saved)
+
+
+def _published_entropy(pattern: torch.Tensor, length: int) -> torch.Tensor:
+    """(head,) mean over the prompt's queries of the smoothed entropy of each attention row, in float64."""
+    rows = pattern[:, :length, :length].double() + EPS  # (head, q, k)
+    rows = rows / rows.sum(-1, keepdim=True)
+    return (-(rows * rows.log()).sum(-1)).mean(-1)
+
+
+def check_entropy(lm: LoadedModel, enc: Encoded) -> dict[str, Any]:
+    with torch.no_grad(), attention_entropy(lm.model, variants=("published",)) as engine:
+        lm.model(input_ids=enc.input_ids, attention_mask=enc.attention_mask)
+        published = engine.pop().cpu().published  # (layer, batch, head)
+    if published is None:
+        raise _fail(lm, "attention entropy", "the engine returned no published entropy")
+    with torch.no_grad(), _eager(lm.model):
+        patterns = lm.model(input_ids=enc.input_ids, attention_mask=enc.attention_mask,
+                            output_attentions=True).attentions  # each (batch, head, q, k)
+    worst = 0.0
+    for layer, pattern in enumerate(patterns):
+        for row, length in enumerate(enc.lengths):
+            want = _published_entropy(pattern[row].cpu(), length)
+            error = float((published[layer, row].double() - want).abs().max())
+            worst = max(worst, error)
+            if error > tolerance(lm) * max(1.0, float(want.abs().max())):
+                raise _fail(lm, "attention entropy", f"layer {layer}, prompt {row}: in-forward entropy differs "
+                            f"from the eager patterns' by {error:.3g} nats")
+    return {"entropy_max_abs_error": worst}
+
+
+def check_batched(lm: LoadedModel) -> dict[str, Any]:
+    last = lm.dims.n_layers - 1
+    sites = [f"blocks.{last // 2}.attn.v", f"blocks.{last}.resid_post"]
+    window = Window(4)
+    together = forward_capture(lm, PROMPTS, sites, window, batch_size=len(PROMPTS))
+    alone = forward_capture(lm, PROMPTS, sites, window, batch_size=1)
+    worst = max(_error(together.windows[s], alone.windows[s]) for s in sites)
+    if worst > tolerance(lm):
+        raise _fail(lm, "batched", f"a batch of {len(PROMPTS)} prompts differs from one prompt at a time by "
+                    f"{worst:.3g} (relative)")
+    return {"batched_max_rel_error": worst}
+
+
+def validate_model(lm: LoadedModel) -> dict[str, Any]:
+    """Run the three checks; their figures go into the model's entry of the report."""
+    enc = encode(lm, PROMPTS)
+    return {"prompts": len(PROMPTS), **check_sites(lm, enc), **check_entropy(lm, enc), **check_batched(lm)}
