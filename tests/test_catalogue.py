@@ -19,6 +19,13 @@ def test_the_catalogue_and_the_claim_folders_agree() -> None:
     assert disagreements(load_catalogue(), load_claims()) == []
 
 
+def test_the_readme_lists_every_claim_of_the_catalogue() -> None:
+    """Its claims table names every claim folder, and its catalogue table every entry no folder judges."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    named = {e.folder if e.status == "implemented" else e.id for e in load_catalogue()}
+    assert sorted(n for n in named if f"`{n}`" not in readme) == []
+
+
 def test_the_catalogue_covers_every_section_and_status_of_the_spec() -> None:
     entries = load_catalogue()
     assert len({e.id for e in entries}) == len(entries)
