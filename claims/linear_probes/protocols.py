@@ -65,8 +65,10 @@ class Tables:
 
 
 def _result(t: Tables, protocol: str, kind: str, criterion: Mapping[str, Any], observed: Mapping[str, Any],
-            n: Mapping[str, int], **extra: Any) -> dict[str, Any]:
-    return api.protocol_result(t.claim, protocol, kind, dict(criterion), observed, n=n, **extra)
+            n: Mapping[str, int], published: Mapping[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
+    """A result whose published figures carry the observed figures' keys, so the report sets them side by side."""
+    return api.protocol_result(t.claim, protocol, kind, dict(criterion), observed, n=n,
+                               published=dict(published or {}), **extra)
 
 
 def accuracy_range(t: Tables, models: Iterable[str], position: str) -> tuple[float, float]:
@@ -83,6 +85,7 @@ def rederive_multiclass(t: Tables) -> dict[str, Any]:
     printed digit); how much wider than the tables a published range is, is reported beside (slack)."""
     ranges = t.claim.published["multiclass_ranges"]
     observed: dict[str, Any] = {}
+    published: dict[str, float] = {}
     outside, slack = [], {}
     for group, models in t.p["groups"].items():
         for position in t.p["positions"]:
@@ -92,10 +95,11 @@ def rederive_multiclass(t: Tables) -> dict[str, Any]:
                         t.gap(high, published_high) if high > published_high else 0.0]
             slack[f"{group}_{position}"] = max(low - published_low, published_high - high)
             observed |= {f"{group}_{position}_min": low, f"{group}_{position}_max": high}
+            published |= {f"{group}_{position}_min": published_low, f"{group}_{position}_max": published_high}
     loosest = max(slack, key=lambda k: slack[k])
     observed |= {"multiclass_range_max_abs_error": max(outside), "range_slack_max": slack[loosest]}
     return _result(t, "rederive_multiclass", "rederive", t.claim.criteria["rederive_multiclass"], observed,
-                   n={"cells": len(outside) // 2},
+                   n={"cells": len(outside) // 2}, published=published,
                    notes=("ranges over layers 10/15/20/25 and base/instruct",
                           f"the loosest published range is {loosest}'s: {slack[loosest]:.3f} beyond the tables"))
 
@@ -114,16 +118,17 @@ def _qwen_checks(t: Tables) -> dict[str, list[float]]:
 
 def rederive_binary(t: Tables) -> dict[str, Any]:
     """table1's post-INLP AUCs by model, position and version, and Qwen's checks (tables 2a-2c)."""
-    table, published = t.binary(), t.claim.published["post_inlp_auc"]
-    gaps = [t.gap(float(table[(m, v, pos)]["auc_mean"]), published[m][pos][i])
-            for m in t.p["binary_models"] for pos in t.p["binary_positions"] for i, v in enumerate(VERSIONS)]
-    checks = _qwen_checks(t)
-    qwen = [t.gap(x, y) for key, values in checks.items()
-            for x, y in zip(values, t.claim.published["qwen_checks"][key], strict=True)]
-    observed = {"post_inlp_auc_max_abs_error": max(gaps), "qwen_checks_max_abs_error": max(qwen),
-                **{f"qwen_{k}_{i}": v for k, values in checks.items() for i, v in enumerate(values)}}
+    table, pub = t.binary(), t.claim.published
+    cells = {f"{m}_{pos}_{v}": (float(table[(m, v, pos)]["auc_mean"]), pub["post_inlp_auc"][m][pos][i])
+             for m in t.p["binary_models"] for pos in t.p["binary_positions"] for i, v in enumerate(VERSIONS)}
+    checks = {f"qwen_{key}_{i}": (x, y) for key, values in _qwen_checks(t).items()
+              for i, (x, y) in enumerate(zip(values, pub["qwen_checks"][key], strict=True))}
+    observed = {"post_inlp_auc_max_abs_error": max(t.gap(x, y) for x, y in cells.values()),
+                "qwen_checks_max_abs_error": max(t.gap(x, y) for x, y in checks.values()),
+                **{k: x for k, (x, _) in (cells | checks).items()}}
     return _result(t, "rederive_binary", "rederive", t.claim.criteria["rederive_binary"], observed,
-                   n={"auc_cells": len(gaps), "qwen_checks": len(qwen)})
+                   n={"auc_cells": len(cells), "qwen_checks": len(checks)},
+                   published={k: y for k, (_, y) in (cells | checks).items()})
 
 
 def constant_input_accuracy(classes: int, per_class: int, folds: int) -> float:

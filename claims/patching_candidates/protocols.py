@@ -76,7 +76,14 @@ def _family(claim: api.Claim, folder: Path, name: str) -> Family:
 
 def _result(t: Tables, protocol: str, kind: str, criterion: Mapping[str, Any], observed: Mapping[str, Any],
             **extra: Any) -> dict[str, Any]:
-    published = {f"{f.name}_{k}": v for f in t.families for k, v in f.published.items() if not k.endswith("_file")}
+    """A result whose published figures carry the observed figures' keys (<family>_<rank>_<column> for the README
+    table, <family>_mean_did for the summaries), so the report sets them side by side."""
+    published: dict[str, Any] = {}
+    for f in t.families:
+        for i, head in enumerate(f.published["heads"]):
+            published |= {f"{f.name}_{i + 1}_head": head,
+                          **{f"{f.name}_{i + 1}_{k}": f.published[k][i] for k in README}}
+        published[f"{f.name}_mean_did"] = f.published["mean_did"]
     return api.protocol_result(t.claim, protocol, kind, dict(criterion), observed, published=published,
                                n={f"{f.name}_candidates": len(f.rows) for f in t.families}, **extra)
 
@@ -96,7 +103,10 @@ def rederive(t: Tables) -> dict[str, Any]:
     observed: dict[str, Any] = {"head_order_mismatches": sum(m for m, _ in found.values())}
     for key in README:
         observed[f"{key}_max_abs_error"] = max(gaps[key] for _, gaps in found.values())
-    observed |= {f"{name}_top_head": f.head(0) for name, f in zip(found, t.families, strict=True)}
+    for f in t.families:
+        for i in range(len(f.published["heads"])):
+            observed |= {f"{f.name}_{i + 1}_head": f.head(i),
+                         **{f"{f.name}_{i + 1}_{k}": float(f.column(col)[i]) for k, col in README.items()}}
     notes = ("the README's 'Log-Ratio' column is did_log_ratio_median; 'DiD' is the median over prompts of the "
              "per-prompt DiD (self prompt i paired with neutral prompt i by index, W-B8), not a difference of "
              "medians",)
