@@ -7,8 +7,18 @@ claim built from them. The pytest fixtures a claim test takes (`lm`, `claim`, `p
 
 Claims and results
     Claim, ClaimError, load_claim: a claim folder's claim.toml, validated.
+    Schema: the types of a claim's [protocol] and [controls.<name>] keys; hand it to the marker,
+        `pytest.mark.claim("<id>", schema=SCHEMA)`, and claim.toml is checked against it at collection.
     protocol_result, check: package one protocol's observation (criterion evaluated, scope and layer map
         recorded) and assert it is well formed (and, on the published weights, that the criterion holds).
+    protocol_of: the protocol name of a `[controls.<name>]` table, `<kind>:<name>` (control, robustness, null).
+    Effect, EffectSpec, Stated, two_sample_effect, paired_effect, interval_effect: a control's effect, an
+        estimate with its CI in the units of the published effect, stated against the claim's `effect`,
+        `min_fraction` and `[protocol].control_alpha`; pass it to protocol_result(effect=..., n_needed=...).
+    null_weights_result, NULL_WEIGHTS_PROTOCOL: the null-weights check, the as-published protocol run on the
+        `null_lm` fixture (a seeded random-weight twin of the model) and recorded as `null:random_weights`.
+    verified_table, PublishedDataError: a published table of the `published_data` folder, checked against
+        the sha256 its MANIFEST.toml records.
     PromptBank, BankError, load_bank: prompt banks (`[bank]` and `[categories]` tables).
 Models and sites
     LoadedModel, Dims: a loaded model and the dimensions read from its config.
@@ -26,21 +36,37 @@ Measurements and statistics
     measure_rv, compare_rv, RVRun: R_V per prompt for a claim's early/late layers, and the published comparison.
     measure_entropies, CategoryRun, rfc, rsi, head_level_rfc: attention entropy per prompt category and the
         role-focus coefficients built on it.
+    correlate_profiles, ProfileCorrelation, block_bootstrap_r, BootstrapR, fisher_n_for_power,
+        misaligned_iid_rejections: two per-layer profiles correlated with the iid p and with nulls, an interval
+        and a power figure that respect the autocorrelation of neighbouring layers.
 """
 
 from __future__ import annotations
 
 from harness.analysis import stats
 from harness.analysis.metrics import participation_ratio, r_v
+from harness.analysis.profiles import (
+    BootstrapR,
+    ProfileCorrelation,
+    block_bootstrap_r,
+    correlate_profiles,
+    fisher_n_for_power,
+    misaligned_iid_rejections,
+)
 from harness.analysis.rfc import head_level_rfc, rfc, rsi
+from harness.claimkit.declare import NULL_WEIGHTS_PROTOCOL, protocol_of
+from harness.claimkit.effects import EffectSpec, Stated, interval_effect, paired_effect, two_sample_effect
+from harness.claimkit.params import Schema
 from harness.claimkit.prompts import BankError, PromptBank, load_bank
+from harness.claimkit.published import PublishedDataError, verified_table
 from harness.claimkit.registry import Claim, ClaimError, load_claim
-from harness.claimkit.results import check, protocol_result
+from harness.claimkit.results import check, null_weights_result, protocol_result
 from harness.claimkit.role import CategoryRun
 from harness.claimkit.role import measure as measure_entropies
 from harness.claimkit.rv import RVRun
 from harness.claimkit.rv import compare as compare_rv
 from harness.claimkit.rv import measure as measure_rv
+from harness.claimkit.verdicts import Effect
 from harness.engine.attention import EntropyResult, attention_entropy
 from harness.engine.generation import Generation, GenerationRun, generate
 from harness.engine.hooks import Call, CallLog, capture, edit_site, hook_count
@@ -53,10 +79,14 @@ from harness.engine.sites import parse as parse_site
 from harness.engine.sites import resolve as resolve_site
 
 __all__ = [
-    "SITE_POINTS", "BankError", "Call", "CallLog", "Captured", "CategoryRun", "Claim", "ClaimError", "Dims",
-    "EntropyResult", "Generation", "GenerationRun", "LoadedModel", "PromptBank", "RVRun", "SiteError", "Window",
-    "attention_entropy", "capture", "check", "compare_rv", "edit_site", "encode", "forward_capture", "generate",
-    "head_level_rfc", "hook_count", "load_bank", "load_claim", "map_layer", "measure_entropies", "measure_rv",
-    "parse_site", "participation_ratio", "patch_residual", "protocol_result", "r_v", "resolve_site", "rfc", "rsi",
-    "scale_heads", "site_width", "skip_layer", "stats", "token_counts", "zero_attention_output",
+    "NULL_WEIGHTS_PROTOCOL", "SITE_POINTS", "BankError", "BootstrapR", "Call", "CallLog", "Captured",
+    "CategoryRun", "Claim", "ClaimError", "Dims", "Effect", "EffectSpec", "EntropyResult", "Generation",
+    "GenerationRun", "LoadedModel", "ProfileCorrelation", "PromptBank", "PublishedDataError", "RVRun", "Schema",
+    "SiteError", "Stated", "Window", "attention_entropy", "block_bootstrap_r", "capture", "check", "compare_rv",
+    "correlate_profiles", "edit_site", "encode", "fisher_n_for_power", "forward_capture", "generate",
+    "head_level_rfc", "hook_count", "interval_effect", "load_bank", "load_claim", "map_layer", "measure_entropies",
+    "measure_rv", "misaligned_iid_rejections", "null_weights_result", "paired_effect", "parse_site",
+    "participation_ratio", "patch_residual", "protocol_of", "protocol_result", "r_v", "resolve_site", "rfc", "rsi",
+    "scale_heads", "site_width", "skip_layer", "stats", "token_counts", "two_sample_effect", "verified_table",
+    "zero_attention_output",
 ]

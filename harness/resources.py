@@ -1,7 +1,7 @@
 """Where the data the harness ships lives: found through importlib.resources, never relative to a source tree.
 
 The wheel carries `harness/fixtures/` (model registry and architectures, shared prompt banks, the sources'
-published tables with their manifest) and the seed claims in the `claims` package. In a checkout,
+published tables with their manifest, the claims catalogue) and the seed claims in the `claims` package. In a checkout,
 `harness/fixtures` is a link to the top-level `fixtures/` folder, so both read the same files.
 """
 
@@ -28,6 +28,11 @@ def shared_banks_dir() -> Path:
 def published_dir() -> Path:
     """The sources' published data tables, vendored with MANIFEST.toml (repository, commit, path, licence, sha256)."""
     return fixtures_dir() / "published"
+
+
+def catalogue_path() -> Path:
+    """The claims catalogue: every claim of the sources and what the harness does with it."""
+    return fixtures_dir() / "catalogue.toml"
 
 
 def seed_claims_dir() -> Path:

@@ -44,6 +44,17 @@ def test_what_a_claim_declares_for_a_model_and_for_its_published_data() -> None:
     assert declared(RV, model_based=False) == Declared(as_published=("rederive",))
 
 
+def test_a_claim_on_published_data_alone_declares_everything_there_and_no_null_weights() -> None:
+    corr = get_claim("rfc_corr_llama_mistral")
+    assert corr.needs == "published_data"
+    found = declared(corr, model_based=False, skipped=("block_length_sweep",))
+    assert found.as_published == ("as_published",) and found.controls == ("layer_autocorrelation",)
+    assert found.robustness == ("autocorrelation_nulls", "block_length_sweep", "readme_body_figure")
+    assert found.nulls == () and found.null_weights is False
+    assert found.skipped_on_purpose == ("block_length_sweep",)
+    assert declared(corr).nulls == ()  # no weights, so no null-weights check, whichever way it is asked
+
+
 def test_declarations_round_trip_through_the_report_and_join() -> None:
     one = declared(RV, skipped=("n30",))
     assert Declared.from_dict(one.as_dict()) == one

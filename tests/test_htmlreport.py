@@ -22,6 +22,7 @@ import pytest
 from cpu_suite import SuiteRun, cpu_suite_run
 from PIL import Image
 
+from harness.claimkit.catalogue import load_catalogue
 from harness.report import figures, plots
 from harness.report.document import aggregate
 from harness.report.html import main, page_path, render, result_data
@@ -107,6 +108,14 @@ def test_the_page_shows_published_observed_controls_and_provenance(suite: SuiteR
                    "Run provenance", model["resolved_revision"], model["dtype"], "not evidence",
                    str(doc["run"]["git"]["commit"]), "recomputed for this page", "PR by layer"):
         assert needle in text, needle
+
+
+def test_the_page_lists_the_catalogue_claims_no_folder_judges(suite: SuiteRun) -> None:
+    text = suite.html_path.read_text(encoding="utf-8")
+    section = text[text.index("<section id=\"catalogue\">"):text.index("<section id=\"run\">")]
+    others = [e for e in load_catalogue() if e.status != "implemented"]
+    assert others and all(f"<td>{e.id}</td>" in section for e in others)
+    assert "<td>rv_contraction</td>" not in section and "not rederivable" in section and "narrative only" in section
 
 
 def test_the_command_line_renders_the_same_page(suite: SuiteRun, tmp_path: Path,

@@ -99,6 +99,15 @@ HELD = result("as_published", "as_published")
     ([HELD, result("null:random_weights", "null", passed=False), result("control:a", "control", decision="pass"),
       result("control:b", "control", decision="pass"), result("robustness:perm", "robustness", passed=False)],
      DECLARED, "reproduced"),
+    # a claim judged on the published data alone: its re-derivation counts beside the as-published test
+    ([HELD, result("rederive", "rederive"), result("control:a", "control", decision="underpowered")],
+     Declared(("as_published",), ("a",)), "underpowered"),
+    ([HELD, result("rederive", "rederive", passed=False), result("control:a", "control", decision="pass")],
+     Declared(("as_published",), ("a",)), "not_reproduced"),
+    ([HELD, result("rederive", "rederive", passed=None), result("control:a", "control", decision="pass")],
+     Declared(("as_published",), ("a",)), "inconclusive"),
+    ([HELD, result("rederive", "rederive"), result("control:a", "control", decision="pass")],
+     Declared(("as_published",), ("a",)), "reproduced"),
     ([result("rederive", "rederive")], Declared(), "rederived"),
     ([result("rederive", "rederive", passed=False)], Declared(), "not_reproduced"),
     ([result("downstream", "measure")], Declared(), "measured"),
@@ -122,3 +131,10 @@ def test_a_dropped_control_is_listed_as_skipped_and_never_counted() -> None:
     judged = verdict([HELD, result("control:a", "control", decision="pass"), dropped], DECLARED)
     assert judged.verdict == "reproduced" and judged.not_run == [] and "control:b" not in judged.controls
     assert judged.skipped_on_purpose == ["b (dropped: repeats as_published)"]
+
+
+def test_a_failed_re_derivation_beside_an_as_published_test_is_named() -> None:
+    judged = verdict([HELD, result("rederive", "rederive", passed=False), result("control:a", "control",
+                                                                               decision="pass")],
+                     Declared(("as_published",), ("a",)))
+    assert judged.reasons == ["the published table does not give the published figure: rederive"]

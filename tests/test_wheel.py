@@ -115,12 +115,18 @@ def test_a_third_party_claim_from_the_guide_runs_and_is_reported(installed: Inst
     mine = [r for r in document["results"] if r["claim"] == CLAIM]
     assert sorted((r["model"], r["protocol"]) for r in mine) == [
         (model, protocol) for model in ("tiny-llama", "tiny-qwen2")
-        for protocol in ("as_published", "control:bos_excluded")]
+        for protocol in ("as_published", "control:bos_excluded", "null:random_weights")]
     for result in mine:
         assert result["outcome"] == "passed" and result["passed"] in (True, False, None)
         assert result["scope"] == "stand-in" and result["weights"] == "tiny"
         assert result["layer_map"]["published_n_layers"] == 30 != result["layer_map"]["n_layers"]
         assert result["prompt_banks"][0]["id"] == CLAIM
+    for control in (r for r in mine if r["kind"] == "control"):  # the guide's control states its effect
+        assert control["decision"] in ("pass", "fail", "underpowered")
+        assert control["effect"]["name"] == "separation" and control["effect"]["published"] == 2.5
+        assert control["effect"]["ci_low"] <= control["effect"]["estimate"] <= control["effect"]["ci_high"]
+    nulls = [r for r in mine if r["kind"] == "null"]
+    assert [r["null_model"]["weights"] for r in nulls] == ["random", "random"]
     verdicts = {(v["claim"], v["model"]): v["verdict"] for v in document["verdicts"]}
     assert set(verdicts) == {(CLAIM, "tiny-llama"), (CLAIM, "tiny-qwen2")}
     assert (tmp_path / "results" / "claims.html").is_file()

@@ -5,7 +5,8 @@ Every `[controls.<name>]` table is one protocol of the kind its `kind` key names
 (the as-published criterion under its own null) or `measure` (descriptive, for a claim with no published
 figure). Its protocol is named `<kind>:<name>`, e.g.
 `control:token_matched`, `robustness:permutation`, `null:detector_on_unablated`. The null-weights check,
-`null:random_weights`, is declared for every model-based claim unless the run opts out of it.
+`null:random_weights`, is declared for every model-based claim unless the run opts out of it. A claim with
+`needs = "published_data"` runs every protocol on the source's published tables (model `published-data`).
 """
 
 from __future__ import annotations
@@ -67,15 +68,19 @@ def declared(claim: Claim, *, model_based: bool = True, skipped: Iterable[str] =
     """The protocols `claim` declares for one model (or for the published data alone, `model_based=False`).
 
     `skipped` holds the control names the user skipped on purpose (`--skip-control CLAIM.NAME`) for this
-    claim; `null_weights` says whether the null-weights check was asked for.
+    claim; `null_weights` says whether the null-weights check was asked for. On the published data a claim
+    that runs on a model declares only its re-derivations; a claim that needs no model (`needs =
+    "published_data"`) declares everything there, and has no null-weights check (there are no weights).
     """
-    if not model_based:
+    data_only = claim.needs == "published_data"
+    if not model_based and not data_only:
         return Declared(as_published=tuple(c for c in claim.criteria if c.startswith("rederive")))
     by_kind: dict[str, list[str]] = {kind: [] for kind in TABLE_KINDS}
     for name in claim.controls:
         by_kind[table_kind(claim, name)].append(name)
     published = tuple(c for c in claim.criteria if not c.startswith("rederive") and not c.startswith("measure"))
-    null_weights = null_weights and bool(published)  # a descriptive claim has no criterion to run on a null
+    # a descriptive claim has no criterion to run on a null; a claim on published data has no weights
+    null_weights = null_weights and bool(published) and not data_only
     nulls = [*by_kind["null"], *([NULL_WEIGHTS] if null_weights else [])]
     chosen = tuple(name for name in skipped if name in claim.controls or (name == NULL_WEIGHTS and null_weights))
     return Declared(as_published=published,

@@ -6,7 +6,8 @@ module. claim.toml has five tables:
               prompt_bank, and optionally tiny_models (default: every tiny model of the claim models' variant)
               and needs: what a model must offer for the claim to run on it ("model", the default: any
               supported model; "instruct_and_base": an instruct model whose base is known, from the registry
-              or `--pair INSTRUCT=BASE`)
+              or `--pair INSTRUCT=BASE`; "published_data": no model at all, every protocol runs on the source's
+              published tables, so its as-published protocol, controls and nulls are judged on that data)
 - [published] the published figures (numbers, lists of numbers or strings)
 - [protocol]  the protocol parameters as the source ran it
 - [criteria]  named criteria: `as_coded`, `as_stated`, ...; each maps a metric to {op = value}
@@ -32,7 +33,7 @@ from harness.resources import seed_claims_dir
 TABLES = {"claim", "published", "protocol", "criteria", "controls"}
 CLAIM_KEYS = {"id", "version", "title", "statement", "source", "models", "published_n_layers", "prompt_bank"}
 OPTIONAL_CLAIM_KEYS = {"tiny_models", "needs"}
-NEEDS = ("model", "instruct_and_base")
+NEEDS = ("model", "instruct_and_base", "published_data")
 SOURCE_KEYS = {"repo", "commit", "files"}
 OPS: dict[str, Callable[[float, float], bool]] = {
     "lt": operator.lt, "le": operator.le, "gt": operator.gt, "ge": operator.ge,

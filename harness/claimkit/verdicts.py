@@ -197,7 +197,9 @@ def verdict(results: Iterable[Mapping[str, Any]], declared: Declared) -> Verdict
     Rules, first match wins:
     1. no results of a model kind: only `rederive` -> rederived (all pass) or not_reproduced; only `measure`
        -> measured (inconclusive when one is None);
-    2. an as-published criterion that is None -> inconclusive; False -> not_reproduced;
+    2. an as-published criterion that is None -> inconclusive; False -> not_reproduced; beside an as-published
+       result (a claim judged on the published data alone, `needs = "published_data"`), a re-derivation that
+       is None -> inconclusive and one that fails -> not_reproduced (the table does not give the figure);
     3. a null on which the as-published criterion also holds -> non_diagnostic;
     4. a control that fails (positive evidence of its artefact) -> fragile;
     5. a declared control or null not run (and not skipped on purpose) -> inconclusive ("controls not run: ...",
@@ -249,13 +251,29 @@ def _tabular(out: Verdict, by_kind: Mapping[str, list[Mapping[str, Any]]]) -> Ve
     return out
 
 
-def _modelled(out: Verdict, by_kind: Mapping[str, list[Mapping[str, Any]]], declared: Declared) -> Verdict:
+def _headline(out: Verdict, by_kind: Mapping[str, list[Mapping[str, Any]]]) -> bool:
+    """Rule 2: the as-published criteria, and the re-derivations judged beside them. True when they decide."""
     held = [r.get("passed") for r in by_kind["as_published"]]
     if None in held:
         out.reasons.append("as published: criterion not evaluable (too little valid data)")
-        return out
+        return True
     if not all(held):
         out.verdict = "not_reproduced"
+        return True
+    rederived = {str(r["protocol"]): r.get("passed") for r in by_kind["rederive"]}
+    if None in rederived.values():
+        out.reasons.append("rederive: " + ", ".join(p for p, ok in rederived.items() if ok is None) + " inconclusive")
+        return True
+    if not all(rederived.values()):
+        out.verdict = "not_reproduced"
+        out.reasons.append("the published table does not give the published figure: "
+                           + ", ".join(p for p, ok in rederived.items() if not ok))
+        return True
+    return False
+
+
+def _modelled(out: Verdict, by_kind: Mapping[str, list[Mapping[str, Any]]], declared: Declared) -> Verdict:
+    if _headline(out, by_kind):
         return out
     nulls = [name for name, held in out.nulls.items() if held is True]
     if nulls:

@@ -67,7 +67,10 @@ def claim_bank(config: pytest.Config, claim: Claim) -> PromptBank:
 
 def applicable_models(claim: Claim, opts: Options) -> list[str]:
     """Selected models this claim runs on: its published models, tiny stand-ins of the same variant, and the
-    models the user chose (Options.generalise) that offer what the claim needs."""
+    models the user chose (Options.generalise) that offer what the claim needs. A claim on published data
+    alone (`needs = "published_data"`) runs on no model."""
+    if claim.needs == "published_data":
+        return []
     variants = {opts.registry[m].variant for m in claim.models if m in opts.registry}
     chosen = []
     for model_id in opts.models:

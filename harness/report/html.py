@@ -4,7 +4,8 @@ The page is a single static HTML file that opens offline: inline CSS, figures as
 no external URL. It holds a grid of verdicts (claims x models), then one section per claim: the source, the
 protocol parameters, and per model the published figures against ours, the controls, the figures drawn from
 each result's `data` (harness.report.figures documents the layouts), generated texts, and the model's provenance.
-The run's provenance closes the page. Every string from the report is escaped.
+The catalogue's claims that no claim folder judges, each with why, and the run's provenance close the page.
+Every string from the report is escaped.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from harness.report.document import aggregate, atomic_write
 from harness.report.htmlparts import (
     CSS,
+    catalogue_section,
     cell,
     chips,
     claim_source,
@@ -58,7 +60,7 @@ def render(document: Mapping[str, Any], title: str = "claim-harness report") -> 
     body = [f"<h1>{e(title)}</h1>", run_line(run), summary_grid(verdicts, claims)]
     body += [claim_section(c, results, verdicts, document.get("models", {}), int(run.get("seed") or 0))
              for c in claims]
-    body.append(run_section(run))
+    body += [catalogue_section(), run_section(run)]
     head = f"<head><meta charset=\"utf-8\"><title>{e(title)}</title><style>{CSS}</style></head>"
     return f"<!DOCTYPE html>\n<html lang=\"en\">{head}\n<body>\n" + "\n".join(body) + "\n</body></html>\n"
 

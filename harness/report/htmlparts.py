@@ -13,6 +13,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from harness.claimkit.catalogue import CatalogueError, load_catalogue
 from harness.claimkit.registry import ClaimError, load_claims
 
 VERDICT_COLOURS = {
@@ -190,3 +191,18 @@ def other_data(protocol: str, data: Mapping[str, Any]) -> str:
         return ""
     return (f"<details><summary><b>{esc(protocol)}</b>: other data ({esc(', '.join(data))})</summary>"
             f"{kv_table(data)}</details>")
+
+
+def catalogue_section() -> str:
+    """The catalogue's claims that no claim folder judges (reported, not re-derivable, narrative only, not
+    targeted), each with why, from this checkout's fixtures/catalogue.toml."""
+    head = "<section id=\"catalogue\"><h2>The rest of the catalogue</h2>"
+    try:
+        entries = [e for e in load_catalogue() if e.status != "implemented"]
+    except (CatalogueError, OSError) as err:
+        return f"{head}<p class=\"problem\">catalogue unreadable: {esc(err)}</p></section>"
+    rows = [[esc(e.id), esc(e.spec), esc(e.status.replace("_", " ")), esc(e.title),
+             esc(e.reason or f"{e.folder}: {', '.join(e.protocols)}. {e.note or ''}")] for e in entries]
+    note = ("<p class=\"note\">Claims of the sources that no claim above judges, and why "
+            "(fixtures/catalogue.toml).</p>")
+    return head + note + table(["claim", "spec", "status", "what", "why"], rows) + "</section>"
