@@ -107,7 +107,10 @@ for _name in TINY_ARCHITECTURES:
 
 def inprocess(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
     """pytest in this process with the plugin: fast (torch is already imported); no signals, no env."""
-    return pytester.runpytest_inprocess(*QUIET, *args, plugins=[harness.plugin])
+    # An installed harness registers its plugin through the entry point; passing the module again would
+    # register it twice under two names, which pluggy refuses.
+    plugins = [] if plugin_installed() else [harness.plugin]
+    return pytester.runpytest_inprocess(*QUIET, *args, plugins=plugins)
 
 
 def subprocess_run(cwd: Path, *args: str, env: dict[str, str] | None = None,
