@@ -230,6 +230,12 @@ def as_published(ctx: Context) -> dict[str, Any]:
     observed, tests = _main_tests(d)
     observed.update(_circularity(ctx, runs, d))
     kept = [x for x, k in zip(runs.pairs, d.keep, strict=True) if k]
+    by_baseline = [float(np.mean([v for x, v in zip(kept, d.delta["main"], strict=True) if x.baseline == b]))
+                   for b in dict.fromkeys(x.baseline for x in kept)]
+    if len(by_baseline) >= 2:  # the pairs share baselines: the same test with one mean delta per baseline
+        clustered = api.stats.paired_t(by_baseline, [0.0] * len(by_baseline), "less")
+        observed.update(t_by_baseline=clustered.statistic, p_value_by_baseline=clustered.p_value)
+        tests["ttest_1samp_less_by_baseline"] = clustered.as_dict()
     for group in ctx.claim.protocol["recursive_groups"]:
         rows = [i for i, x in enumerate(kept) if x.recursive_group == group]
         observed[f"delta_main_{group}"] = float(d.delta["main"][rows].mean()) if rows else float("nan")
