@@ -143,7 +143,10 @@ def as_published(ctx: Context) -> dict[str, Any]:
 
 def _result(ctx: Context, protocol: str, kind: str, criterion: dict[str, Any], observed: dict[str, Any],
             notes: tuple[str, ...] = (), data: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
-    published = {k: v for k, v in ctx.claim.published.items() if isinstance(v, int | float)}
+    pub = ctx.claim.published
+    published = {k: v for k, v in pub.items() if isinstance(v, int | float)}
+    published.update(top_head_delta=pub["top_heads_delta"][0], max_delta_l27=pub["top_heads_delta"][0],
+                     max_delta_l25=pub["l25_largest_delta"])  # beside the observed figures of the same name
     layers = {layer: ctx.layer(layer) for layer in ctx.claim.protocol["layers"]}
     return api.protocol_result(ctx.claim, protocol, kind, criterion, observed, lm=ctx.lm, banks=(ctx.bank,),
                                n={"prompts": len(ctx.champions)}, published=published, data=data or {},
