@@ -25,14 +25,22 @@ Models and sites
     resolve_site, parse_site, site_width, map_layer, SiteError, SITE_POINTS: named sites
         (`blocks.{layer}.{point}`) on every supported architecture; published layers mapped by relative depth.
 Forward passes, hooks and interventions
-    encode, token_counts, Window, forward_capture, Captured: batched forwards keeping windows of sites.
+    encode, token_counts, Window, forward_capture, Captured, Encoded: batched forwards keeping windows of
+        sites, with an optional intervention (`intervene(batch, first)`) entered around each batch.
+    iter_hidden_states: `output_hidden_states` per batch (embeddings, every layer, the last after the final norm).
+    PromptFormat: raw text or the chat template, BOS on or off (a protocol's `chat_template` and `bos`).
     capture, edit_site, hook_count, Call, CallLog: hooks as context managers that always remove themselves.
     generate, Generation, GenerationRun: batched greedy generation with interventions active.
     zero_attention_output, scale_heads, skip_layer, patch_residual: interventions as context managers.
+    patch_rows, zero_columns: a site's last rows replaced per prompt by source rows, or some of its columns
+        zeroed, in a forward pass over a right-padded batch.
     attention_entropy, EntropyResult: per-layer, per-head attention entropy inside the forward.
 Measurements and statistics
     stats: the statistical tests (student_t, welch_t, mann_whitney, permutation_test, paired_t, ols, ...).
     participation_ratio, r_v: PR of a window of activations and the R_V ratio.
+    covariance_pr: PR of the mean-centred covariance with clamped eigenvalues (the layer-by-layer diagnostic's).
+    measure_pr, full_rows, PRRun, Edit, rows_patched, columns_zeroed, heads_zeroed: PR of sites while another
+        site is patched or ablated (an `Edit` keeps the hook's calls); every row of a site per prompt.
     measure_rv, compare_rv, RVRun: R_V per prompt for a claim's early/late layers, and the published comparison.
     measure_entropies, CategoryRun, rfc, rsi, head_level_rfc: attention entropy per prompt category and the
         role-focus coefficients built on it.
@@ -44,7 +52,7 @@ Measurements and statistics
 from __future__ import annotations
 
 from harness.analysis import stats
-from harness.analysis.metrics import participation_ratio, r_v
+from harness.analysis.metrics import covariance_pr, participation_ratio, r_v
 from harness.analysis.profiles import (
     BootstrapR,
     ProfileCorrelation,
@@ -66,27 +74,39 @@ from harness.claimkit.role import measure as measure_entropies
 from harness.claimkit.rv import RVRun
 from harness.claimkit.rv import compare as compare_rv
 from harness.claimkit.rv import measure as measure_rv
+from harness.claimkit.rvpatch import Edit, PRRun, columns_zeroed, full_rows, heads_zeroed, measure_pr, rows_patched
 from harness.claimkit.verdicts import Effect
 from harness.engine.attention import EntropyResult, attention_entropy
+from harness.engine.formatting import PromptFormat
 from harness.engine.generation import Generation, GenerationRun, generate
 from harness.engine.hooks import Call, CallLog, capture, edit_site, hook_count
 from harness.engine.interventions import patch_residual, scale_heads, skip_layer, zero_attention_output
 from harness.engine.models import Dims, LoadedModel
-from harness.engine.runner import Captured, Window, encode, forward_capture, token_counts
+from harness.engine.rowedits import patch_rows, zero_columns
+from harness.engine.runner import (
+    Captured,
+    Encoded,
+    Window,
+    encode,
+    forward_capture,
+    iter_hidden_states,
+    token_counts,
+)
 from harness.engine.sites import POINTS as SITE_POINTS
 from harness.engine.sites import SiteError, map_layer, site_width
 from harness.engine.sites import parse as parse_site
 from harness.engine.sites import resolve as resolve_site
 
 __all__ = [
-    "NULL_WEIGHTS_PROTOCOL", "SITE_POINTS", "BankError", "BootstrapR", "Call", "CallLog", "Captured",
-    "CategoryRun", "Claim", "ClaimError", "Dims", "Effect", "EffectSpec", "EntropyResult", "Generation",
-    "GenerationRun", "LoadedModel", "ProfileCorrelation", "PromptBank", "PublishedDataError", "RVRun", "Schema",
-    "SiteError", "Stated", "Window", "attention_entropy", "block_bootstrap_r", "capture", "check", "compare_rv",
-    "correlate_profiles", "edit_site", "encode", "fisher_n_for_power", "forward_capture", "generate",
-    "head_level_rfc", "hook_count", "interval_effect", "load_bank", "load_claim", "map_layer", "measure_entropies",
-    "measure_rv", "misaligned_iid_rejections", "null_weights_result", "paired_effect", "parse_site",
-    "participation_ratio", "patch_residual", "protocol_of", "protocol_result", "r_v", "resolve_site", "rfc", "rsi",
-    "scale_heads", "site_width", "skip_layer", "stats", "token_counts", "two_sample_effect", "verified_table",
-    "zero_attention_output",
+    "NULL_WEIGHTS_PROTOCOL", "SITE_POINTS", "BankError", "BootstrapR", "Call", "CallLog", "Captured", "CategoryRun",
+    "Claim", "ClaimError", "Dims", "Edit", "Effect", "EffectSpec", "Encoded", "EntropyResult", "Generation",
+    "GenerationRun", "LoadedModel", "PRRun", "ProfileCorrelation", "PromptBank", "PromptFormat", "PublishedDataError",
+    "RVRun", "Schema", "SiteError", "Stated", "Window", "attention_entropy", "block_bootstrap_r", "capture", "check",
+    "columns_zeroed", "compare_rv", "correlate_profiles", "covariance_pr", "edit_site", "encode",
+    "fisher_n_for_power", "forward_capture", "full_rows", "generate", "head_level_rfc", "heads_zeroed", "hook_count",
+    "interval_effect", "iter_hidden_states", "load_bank", "load_claim", "map_layer", "measure_entropies",
+    "measure_pr", "measure_rv", "misaligned_iid_rejections", "null_weights_result", "paired_effect", "parse_site",
+    "participation_ratio", "patch_residual", "patch_rows", "protocol_of", "protocol_result", "r_v", "resolve_site",
+    "rfc", "rows_patched", "rsi", "scale_heads", "site_width", "skip_layer", "stats", "token_counts",
+    "two_sample_effect", "verified_table", "zero_attention_output", "zero_columns",
 ]

@@ -29,13 +29,20 @@ SOURCES = sorted([*(ROOT / "harness").rglob("*.py"), *(ROOT / "claims").rglob("*
 CLAIM_LOGIC = ["harness/analysis/textmetrics.py", "harness/claimkit/rv.py", "harness/claimkit/gen.py",
                "harness/claimkit/effects.py", "harness/claimkit/declare.py", "harness/claimkit/results.py",
                "claims/rv_contraction/protocols.py", "claims/l31_ablation_repetition/protocols.py",
-               "claims/residual_patch_collapse/protocols.py"]
+               "claims/residual_patch_collapse/protocols.py", "harness/claimkit/rvpatch.py",
+               "claims/layer_pr_profile/protocols.py", "claims/residual_patch_rv_null/protocols.py",
+               "claims/rv_l27_patch_transfer_n45/protocols.py", "claims/l27_critical_heads/protocols.py"]
 STRUCTURAL = {"0", "1", "2", "-1", "0.0", "1.0", "2.0"}
 ALLOWED = {  # (module, literal): why it is not a published figure
     ("harness/analysis/textmetrics.py", "3"): "the calibrated repeated-n-gram metric's default n, this project's",
     ("harness/claimkit/rv.py", "32"): "a batch size default",
     ("harness/claimkit/gen.py", "32"): "a batch size default",
     ("harness/claimkit/gen.py", "1024"): "a generation batch size default",
+    ("harness/claimkit/rvpatch.py", "32"): "a batch size default",
+    ("claims/residual_patch_rv_null/protocols.py", "32"): "a batch size default",
+    ("claims/rv_l27_patch_transfer_n45/protocols.py", "32"): "a batch size default",
+    ("claims/l27_critical_heads/protocols.py", "32"): "a batch size default",
+    ("claims/layer_pr_profile/protocols.py", "32"): "a batch size default",
 }
 
 

@@ -47,3 +47,28 @@ def r_v(pr_late: torch.Tensor, pr_early: torch.Tensor) -> torch.Tensor:
     if pr_late.shape != pr_early.shape:
         raise ValueError(f"PR shapes differ: late {tuple(pr_late.shape)} vs early {tuple(pr_early.shape)}")
     return pr_late / pr_early
+
+
+def covariance_pr(x: torch.Tensor, rows: Sequence[int] | None = None, floor: float = NAN_FLOOR) -> torch.Tensor:
+    """PR of the mean-centred covariance of each window, as the source's layer-by-layer diagnostic computed it
+    (claims-spec A.6): C = Xc^T Xc / W (d x d), its eigenvalues clamped below at `floor`, PR = (sum)^2 / sum of
+    squares over all d of them.
+
+    The nonzero eigenvalues of C are those of the small W x W matrix Xc Xc^T / W, and the other d - W are zero
+    (clamped to `floor`), so this is exact without forming C. x: (batch, W, d) windows zero-padded beyond
+    `rows[i]`. Returns (batch,) float32; NaN where a window holds a non-finite value. A window of one row has
+    only clamped zeros: PR = d, as the source's formula gives.
+    """
+    if x.ndim != 3:
+        raise ValueError(f"covariance_pr expects (batch, window, width); got shape {tuple(x.shape)}")
+    batch, size, width = x.shape
+    n = torch.tensor(rows if rows is not None else [size] * batch, device=x.device, dtype=torch.float64)
+    bad = ~torch.isfinite(x).all(dim=(1, 2))
+    centred = _centre(torch.where(bad[:, None, None], torch.zeros_like(x), x.float()), rows).double()
+    gram = centred @ centred.transpose(-1, -2) / n.clamp(min=1)[:, None, None]  # (batch, W, W)
+    eig = torch.linalg.eigvalsh(gram).flip(-1)[:, : min(size, width)].clamp(min=floor)  # (batch, <= W) descending
+    zeros = max(width - size, 0)  # eigenvalues of C that the small matrix does not hold: exactly 0, clamped
+    total = eig.sum(-1) + zeros * floor
+    squares = eig.pow(2).sum(-1) + zeros * floor**2
+    pr = (total.pow(2) / squares).float()
+    return torch.where(bad, torch.full_like(pr, float("nan")), pr)

@@ -229,6 +229,36 @@ def stratum_permutation_ci(treated: Sequence[Sequence[float]], reference: Sequen
     return Interval(float(estimate), float(low), float(high), float(nulls.std()), float(n - 1), confidence)
 
 
+def ratio_of_means_ci(num: Sequence[float], den: Sequence[float], confidence: float, n_resamples: int = 10_000,
+                      seed: int = 0, clusters: Sequence[Any] | None = None) -> Interval:
+    """mean(num) / mean(den) over paired items with a percentile bootstrap interval (seeded, numpy).
+
+    `clusters` labels items that are not independent (pairs that share a prompt): whole clusters are resampled,
+    so the interval does not treat a reused prompt as new evidence. se is the bootstrap sd; df is clusters - 1.
+    Where the interval of mean(den) reaches 0 the ratio is not bounded (Fieller's unbounded case): the interval
+    is (-inf, inf), and a decision resting on it is left open.
+    """
+    x, y = _paired(num, den)
+    labels = list(range(x.size)) if clusters is None else list(clusters)
+    if len(labels) != x.size:
+        raise ValueError(f"{len(labels)} cluster labels for {x.size} items; give one label per item")
+    ids = {label: i for i, label in enumerate(dict.fromkeys(labels))}
+    index = np.array([ids[label] for label in labels])
+    sums_x, sums_y = np.bincount(index, x, len(ids)), np.bincount(index, y, len(ids))  # (clusters,)
+    counts = np.random.default_rng(seed).multinomial(len(ids), np.full(len(ids), 1 / len(ids)), size=n_resamples)
+    denominators = counts @ sums_y  # (n_resamples,)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        draws = (counts @ sums_x) / denominators
+    estimate = float(x.sum() / y.sum()) if y.sum() != 0 else float("nan")
+    tail = (1 - confidence) / 2
+    den_low, den_high = np.quantile(denominators, [tail, 1 - tail])
+    if not math.isfinite(estimate) or den_low <= 0 <= den_high:
+        return Interval(estimate, -math.inf, math.inf, float("nan"), len(ids) - 1.0, confidence)
+    finite = draws[np.isfinite(draws)]
+    low, high = np.quantile(finite, [tail, 1 - tail])
+    return Interval(estimate, float(low), float(high), float(finite.std(ddof=1)), len(ids) - 1.0, confidence)
+
+
 @dataclass(frozen=True)
 class Regression:
     names: tuple[str, ...]

@@ -6,9 +6,10 @@ never lets a real token see a pad, so batched results equal one-prompt-at-a-time
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from contextlib import suppress
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, nullcontext, suppress
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -125,13 +126,19 @@ class Captured:
     halvings: int = 0  # times a batch was halved after running out of device memory
 
 
+Intervene = Callable[[Encoded, int], AbstractContextManager[Any]]
+"""intervene(batch, first): a context manager (hooks) for one batch whose first prompt is prompts[first]."""
+
+
 def forward_capture(lm: LoadedModel, prompts: Sequence[str], sites: Sequence[str], window: Window,
-                    batch_size: int = 32, fmt: PromptFormat = RAW) -> Captured:
+                    batch_size: int = 32, fmt: PromptFormat = RAW, intervene: Intervene | None = None) -> Captured:
     """Run `prompts` in batches; keep only each site's window. Stops after the deepest site's layer.
 
     A batch holds at most `batch_size` prompts and `lm.token_budget` padded tokens; a prompt longer than the
-    model's positions raises PromptTooLong before any forward. A batch that runs out of device memory is
-    halved and retried (down to one prompt); the number of halvings is returned so the report can record it.
+    model's positions raises PromptTooLong before any forward. `intervene`, where given, is entered around each
+    batch's forward before the captures are registered, so a capture at the site it edits keeps the edited
+    tensor (e.g. `interventions.patch_rows` with the batch's lengths). A batch that runs out of device memory
+    is halved and retried (down to one prompt); the number of halvings is returned so the report can record it.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size}; use a positive batch size (--claim-batch-size), e.g. 32")
@@ -144,7 +151,7 @@ def forward_capture(lm: LoadedModel, prompts: Sequence[str], sites: Sequence[str
     while start < len(prompts):
         chunk = prompts[start : batch_end(counts, start, size, lm.token_budget)]
         try:
-            acts, enc_lengths = _capture_batch(lm, chunk, sites, window, last_layer, fmt)
+            acts, enc_lengths = _capture_batch(lm, chunk, sites, window, last_layer, fmt, intervene, start)
         except torch.OutOfMemoryError:
             if size == 1:
                 raise
@@ -159,11 +166,13 @@ def forward_capture(lm: LoadedModel, prompts: Sequence[str], sites: Sequence[str
 
 
 def _capture_batch(lm: LoadedModel, chunk: Sequence[str], sites: Sequence[str], window: Window,
-                   last_layer: int, fmt: PromptFormat) -> tuple[dict[str, list[torch.Tensor]], list[int]]:
+                   last_layer: int, fmt: PromptFormat, intervene: Intervene | None = None,
+                   first: int = 0) -> tuple[dict[str, list[torch.Tensor]], list[int]]:
     enc = encode(lm, chunk, fmt)
+    edits = intervene(enc, first) if intervene is not None else nullcontext()
     keep = capture(lm.model, sites, lambda t: window.gather(t, enc.lengths), model_name=lm.id)
     # the early stop after the deepest site is the normal end of this forward
-    with torch.no_grad(), keep as acts, stop_after(lm.model, last_layer, lm.id), suppress(StopForward):
+    with torch.no_grad(), edits, keep as acts, stop_after(lm.model, last_layer, lm.id), suppress(StopForward):
         lm.model.base_model(input_ids=enc.input_ids, attention_mask=enc.attention_mask, use_cache=False)
     return acts, enc.lengths
 
@@ -171,3 +180,20 @@ def _capture_batch(lm: LoadedModel, chunk: Sequence[str], sites: Sequence[str], 
 def _empty_cache(lm: LoadedModel) -> None:
     if lm.device.type == "cuda":
         torch.cuda.empty_cache()
+
+
+def iter_hidden_states(lm: LoadedModel, prompts: Sequence[str], batch_size: int = 32,
+                       fmt: PromptFormat = RAW) -> Iterator[tuple[Encoded, tuple[torch.Tensor, ...]]]:
+    """`output_hidden_states` per batch (right padded): the embeddings, each decoder layer's output, the last
+    one after the final norm, as transformers returns them (n_layers + 1 tensors of (batch, seq, d_model)).
+
+    Yields (encoded batch, hidden states); reduce each batch before the next one is computed. A prompt longer
+    than the model's positions raises PromptTooLong before any forward, as in forward_capture.
+    """
+    check_lengths(lm, prompts, token_counts(lm, prompts, fmt))
+    for start in range(0, len(prompts), batch_size):
+        enc = encode(lm, prompts[start : start + batch_size], fmt)
+        with torch.no_grad():
+            out = lm.model.base_model(input_ids=enc.input_ids, attention_mask=enc.attention_mask,
+                                      use_cache=False, output_hidden_states=True)
+        yield enc, tuple(out.hidden_states)

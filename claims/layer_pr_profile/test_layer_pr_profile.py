@@ -1,0 +1,38 @@
+"""The hidden-state PR profile by layer: as published, re-derived from the published table, under the
+BOS-excluded window and the [INST] format comparison, and the null-weights check.
+
+On tiny or random-weight models these tests assert that each result is well formed; on the published weights
+they assert the criteria in claims/layer_pr_profile/claim.toml.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from harness import api
+
+from .protocols import PROTOCOLS, SCHEMA, Context, as_published, rederive
+
+pytestmark = pytest.mark.claim("layer_pr_profile", schema=SCHEMA)
+
+
+@pytest.mark.parametrize("protocol", list(PROTOCOLS))
+def test_layer_pr_profile(protocol, lm, claim, prompt_bank, harness_options, record_claim):
+    ctx = Context(claim, lm, prompt_bank, harness_options.seed, harness_options.batch_size)
+    result = PROTOCOLS[protocol](ctx)
+    record_claim(result)
+    api.check(result)
+
+
+@pytest.mark.parametrize("protocol", [api.NULL_WEIGHTS_PROTOCOL])
+def test_null(protocol, lm, null_lm, claim, prompt_bank, harness_options, record_claim):
+    ctx = Context(claim, null_lm, prompt_bank, harness_options.seed, harness_options.batch_size)
+    result = api.null_weights_result(as_published(ctx), lm, null_lm)
+    record_claim(result)
+    api.check(result)
+
+
+def test_rederive(claim, record_claim):
+    result = rederive(claim)
+    record_claim(result)
+    api.check(result)

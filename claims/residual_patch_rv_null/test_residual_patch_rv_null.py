@@ -1,0 +1,38 @@
+"""The R_V null after a layer-27 residual patch: as published, under a random-vector null (the same "no change":
+non-diagnostic), one layer up (robustness), and the null-weights check.
+
+On tiny or random-weight models these tests assert that each result is well formed; on the published weights
+they assert the criteria in claims/residual_patch_rv_null/claim.toml (a null's must not hold).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from harness import api
+
+from .protocols import PROTOCOLS, SCHEMA, Context, as_published
+
+pytestmark = pytest.mark.claim("residual_patch_rv_null", schema=SCHEMA)
+
+
+@pytest.fixture(scope="module")
+def measured():
+    """The unpatched targets and the source's residuals, shared by this module's protocols."""
+    return {}
+
+
+@pytest.mark.parametrize("protocol", list(PROTOCOLS))
+def test_residual_patch_rv_null(protocol, lm, claim, prompt_bank, harness_options, record_claim, measured):
+    ctx = Context(claim, lm, prompt_bank, harness_options.seed, harness_options.batch_size, measured)
+    result = PROTOCOLS[protocol](ctx)
+    record_claim(result)
+    api.check(result)
+
+
+@pytest.mark.parametrize("protocol", [api.NULL_WEIGHTS_PROTOCOL])
+def test_null(protocol, lm, null_lm, claim, prompt_bank, harness_options, record_claim):
+    ctx = Context(claim, null_lm, prompt_bank, harness_options.seed, harness_options.batch_size)
+    result = api.null_weights_result(as_published(ctx), lm, null_lm)
+    record_claim(result)
+    api.check(result)
