@@ -36,6 +36,11 @@ PUBLISHED = (
     "qwen2.5-7b-instruct",
     "llama-3.1-8b",
     "llama-3.1-8b-instruct",
+    "qwen1.5-7b-chat",
+    "llama-3-8b-instruct",
+    "gemma-7b-it",
+    "phi-3-medium-4k-instruct",
+    "mixtral-8x7b-instruct-v0.1",
 )
 TINY = (
     "tiny-mistral",
@@ -44,12 +49,20 @@ TINY = (
     "tiny-qwen2-instruct",
     "tiny-llama",
     "tiny-llama-instruct",
+    "tiny-phi3",
+    "tiny-gemma",
 )
 # The published architectures (model cards): layers, query heads, kv heads, head dim, d_model.
+_MISTRAL = Dims(n_layers=32, n_heads=32, n_kv_heads=8, head_dim=128, d_model=4096)
+_QWEN25 = Dims(n_layers=28, n_heads=28, n_kv_heads=4, head_dim=128, d_model=3584)
 PUBLISHED_DIMS = {
-    "mistral": Dims(n_layers=32, n_heads=32, n_kv_heads=8, head_dim=128, d_model=4096),
-    "qwen2": Dims(n_layers=28, n_heads=28, n_kv_heads=4, head_dim=128, d_model=3584),
-    "llama": Dims(n_layers=32, n_heads=32, n_kv_heads=8, head_dim=128, d_model=4096),
+    "mistral-7b-instruct-v0.2": _MISTRAL, "mistral-7b-v0.1": _MISTRAL, "mistral-7b-instruct-v0.1": _MISTRAL,
+    "qwen2.5-7b": _QWEN25, "qwen2.5-7b-instruct": _QWEN25,
+    "llama-3.1-8b": _MISTRAL, "llama-3.1-8b-instruct": _MISTRAL, "llama-3-8b-instruct": _MISTRAL,
+    "qwen1.5-7b-chat": Dims(n_layers=32, n_heads=32, n_kv_heads=32, head_dim=128, d_model=4096),
+    "gemma-7b-it": Dims(n_layers=28, n_heads=16, n_kv_heads=16, head_dim=256, d_model=3072),
+    "phi-3-medium-4k-instruct": Dims(n_layers=40, n_heads=40, n_kv_heads=10, head_dim=128, d_model=5120),
+    "mixtral-8x7b-instruct-v0.1": _MISTRAL,
 }
 REAL_CPU = ("smollm2-135m-instruct",)
 HEX40 = re.compile(r"^[0-9a-f]{40}$")
@@ -79,7 +92,7 @@ def state(lm: LoadedModel) -> dict[str, torch.Tensor]:
 
 def test_registry_holds_the_published_tiny_and_real_cpu_models() -> None:
     registry = load_registry()
-    assert len(registry) == 14
+    assert len(registry) == 21
     assert set(registry) == set(PUBLISHED) | set(TINY) | set(REAL_CPU)
     assert [m for m, spec in registry.items() if spec.cpu] == list(REAL_CPU)
     assert all(spec.id == model_id for model_id, spec in registry.items())
@@ -104,7 +117,37 @@ def test_instruct_models_name_a_registered_base_of_the_same_family() -> None:
 def test_published_architecture_dims_load_through_dims(published_id: str) -> None:
     spec = get_spec(published_id)
     assert architecture(spec)["model_type"] == spec.family
-    assert Dims.from_config(_config_from(spec)) == PUBLISHED_DIMS[spec.family]
+    assert Dims.from_config(_config_from(spec)) == PUBLISHED_DIMS[published_id]
+
+
+# Published parameter counts (model cards), to 0.5%: the architecture files hold the published dimensions.
+FULL_SIZE_PARAMS = {"qwen1.5-7b-chat": 7.72e9, "llama-3-8b-instruct": 8.03e9, "gemma-7b-it": 8.54e9,
+                    "phi-3-medium-4k-instruct": 13.96e9, "mixtral-8x7b-instruct-v0.1": 46.70e9}
+H200_BYTES = 139 * 2**30
+
+
+@pytest.mark.parametrize("arch_id", FULL_SIZE_PARAMS)
+def test_cross_architecture_models_build_at_full_size_and_their_value_sites_resolve(arch_id: str) -> None:
+    """Built on the meta device (no memory): the parameter count, one GPU's worth in 16 bits, and the late-layer
+    v site (phi3: a slice of the fused qkv projection) with the width its config implies."""
+    from transformers import AutoModelForCausalLM
+
+    from harness.engine.sites import resolve, site_width
+
+    config = _config_from(get_spec(arch_id))
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+    n_params = sum(p.numel() for p in model.parameters())
+    assert abs(n_params / FULL_SIZE_PARAMS[arch_id] - 1) < 0.005
+    assert 2 * n_params < H200_BYTES  # the model alone fits one H200 in 16 bits; Mixtral's twin would not
+    dims = Dims.from_config(config)
+    site = resolve(model, f"blocks.{dims.n_layers - 4}.attn.v")
+    fused = dims.n_heads * dims.head_dim + 2 * dims.n_kv_heads * dims.head_dim
+    start, stop = site.part._blocked_bounds() if site.part is not None else (0, site.module.out_features)
+    assert stop - start == site_width("attn.v", dims) == dims.n_kv_heads * dims.head_dim
+    assert (site.part is not None) == (arch_id == "phi-3-medium-4k-instruct")
+    if site.part is not None:
+        assert site.module.out_features == fused
 
 
 def test_mistral_instruct_v02_value_width_is_1024_not_4096() -> None:
