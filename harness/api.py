@@ -9,7 +9,14 @@ Claims and results
     Claim, ClaimError, load_claim: a claim folder's claim.toml, validated.
     protocol_result, check: package one protocol's observation (criterion evaluated, scope and layer map
         recorded) and assert it is well formed (and, on the published weights, that the criterion holds).
+    protocol_of, protocol_kind: a control table's protocol name (`<kind>:<name>`) and a protocol's kind.
+    null_weights_result, NULL_WEIGHTS_PROTOCOL: the as-published result on a random-weight twin, recorded as the
+        null-weights check.
+    EffectSpec, Stated, paired_effect, two_sample_effect, interval_effect: a control's effect with its CI,
+        stated against the published effect (what decides pass, fail or underpowered).
+    Schema, DType: typed [protocol] and [controls.<name>] parameters, checked at collection.
     PromptBank, BankError, load_bank: prompt banks (`[bank]` and `[categories]` tables).
+    PromptFormat: raw text or one user turn of the chat template, with or without BOS ([protocol] keys).
 Models and sites
     LoadedModel, Dims: a loaded model and the dimensions read from its config.
     resolve_site, parse_site, site_width, map_layer, SiteError, SITE_POINTS: named sites
@@ -24,6 +31,12 @@ Measurements and statistics
     stats: the statistical tests (student_t, welch_t, mann_whitney, permutation_test, paired_t, ols, ...).
     participation_ratio, r_v: PR of a window of activations and the R_V ratio.
     measure_rv, compare_rv, RVRun: R_V per prompt for a claim's early/late layers, and the published comparison.
+    TableContext, capture_rows, WindowRows, WindowRule, WINDOW_RULES, layers_from_end: R_V at an early layer and
+        a late layer counted from the end, over any window up to the rows captured, under the source's rule
+        (last min(W, T) tokens), full windows only, or windows without position 0; one capture per model.
+    matched_spans, Matched: token-matched partners (whole-word spans of passages, from a sentence start, with
+        exactly a target's token count under the model's tokenizer).
+    select_prompts, merge_runs, exclusions: parts and unions of R_V runs, and their exclusion counts.
     measure_entropies, CategoryRun, rfc, rsi, head_level_rfc: attention entropy per prompt category and the
         role-focus coefficients built on it.
 """
@@ -33,15 +46,23 @@ from __future__ import annotations
 from harness.analysis import stats
 from harness.analysis.metrics import participation_ratio, r_v
 from harness.analysis.rfc import head_level_rfc, rfc, rsi
+from harness.claimkit.declare import NULL_WEIGHTS_PROTOCOL, protocol_kind, protocol_of
+from harness.claimkit.effects import EffectSpec, Stated, interval_effect, paired_effect, two_sample_effect
+from harness.claimkit.params import DType, Schema
 from harness.claimkit.prompts import BankError, PromptBank, load_bank
 from harness.claimkit.registry import Claim, ClaimError, load_claim
-from harness.claimkit.results import check, protocol_result
+from harness.claimkit.results import check, null_weights_result, protocol_result
 from harness.claimkit.role import CategoryRun
 from harness.claimkit.role import measure as measure_entropies
 from harness.claimkit.rv import RVRun
 from harness.claimkit.rv import compare as compare_rv
 from harness.claimkit.rv import measure as measure_rv
+from harness.claimkit.rvwindows import RULES as WINDOW_RULES
+from harness.claimkit.rvwindows import Matched, TableContext, WindowRows, capture_rows, exclusions, layers_from_end
+from harness.claimkit.rvwindows import Rule as WindowRule
+from harness.claimkit.rvwindows import matched_spans, merge_runs, select_prompts
 from harness.engine.attention import EntropyResult, attention_entropy
+from harness.engine.formatting import PromptFormat
 from harness.engine.generation import Generation, GenerationRun, generate
 from harness.engine.hooks import Call, CallLog, capture, edit_site, hook_count
 from harness.engine.interventions import patch_residual, scale_heads, skip_layer, zero_attention_output
@@ -53,10 +74,14 @@ from harness.engine.sites import parse as parse_site
 from harness.engine.sites import resolve as resolve_site
 
 __all__ = [
-    "SITE_POINTS", "BankError", "Call", "CallLog", "Captured", "CategoryRun", "Claim", "ClaimError", "Dims",
-    "EntropyResult", "Generation", "GenerationRun", "LoadedModel", "PromptBank", "RVRun", "SiteError", "Window",
-    "attention_entropy", "capture", "check", "compare_rv", "edit_site", "encode", "forward_capture", "generate",
-    "head_level_rfc", "hook_count", "load_bank", "load_claim", "map_layer", "measure_entropies", "measure_rv",
-    "parse_site", "participation_ratio", "patch_residual", "protocol_result", "r_v", "resolve_site", "rfc", "rsi",
-    "scale_heads", "site_width", "skip_layer", "stats", "token_counts", "zero_attention_output",
+    "NULL_WEIGHTS_PROTOCOL", "SITE_POINTS", "WINDOW_RULES", "BankError", "Call", "CallLog", "Captured",
+    "CategoryRun", "Claim", "ClaimError", "DType", "Dims", "EffectSpec", "EntropyResult", "Generation",
+    "GenerationRun", "LoadedModel", "Matched", "PromptBank", "PromptFormat", "RVRun", "Schema", "SiteError",
+    "Stated", "TableContext", "Window", "WindowRows", "WindowRule", "attention_entropy", "capture", "capture_rows",
+    "check", "compare_rv", "edit_site", "encode", "exclusions", "forward_capture", "generate", "head_level_rfc",
+    "hook_count", "interval_effect", "layers_from_end", "load_bank", "load_claim", "map_layer", "matched_spans",
+    "measure_entropies", "measure_rv", "merge_runs", "null_weights_result", "paired_effect", "parse_site",
+    "participation_ratio", "patch_residual", "protocol_kind", "protocol_of", "protocol_result", "r_v",
+    "resolve_site", "rfc", "rsi", "scale_heads", "select_prompts", "site_width", "skip_layer", "stats",
+    "token_counts", "two_sample_effect", "zero_attention_output",
 ]
