@@ -7,6 +7,7 @@ claim built from them. The pytest fixtures a claim test takes (`lm`, `claim`, `p
 
 Claims and results
     Claim, ClaimError, load_claim: a claim folder's claim.toml, validated.
+    evaluate: a criterion ({metric: {op: value}}) on observed values: holds, fails, or None (not evaluable).
     protocol_result, check: package one protocol's observation (criterion evaluated, scope and layer map
         recorded) and assert it is well formed (and, on the published weights, that the criterion holds).
     protocol_of, protocol_kind: a control table's protocol name (`<kind>:<name>`) and a protocol's kind.
@@ -50,7 +51,7 @@ from harness.claimkit.declare import NULL_WEIGHTS_PROTOCOL, protocol_kind, proto
 from harness.claimkit.effects import EffectSpec, Stated, interval_effect, paired_effect, two_sample_effect
 from harness.claimkit.params import DType, Schema
 from harness.claimkit.prompts import BankError, PromptBank, load_bank
-from harness.claimkit.registry import Claim, ClaimError, load_claim
+from harness.claimkit.registry import Claim, ClaimError, evaluate, load_claim
 from harness.claimkit.results import check, null_weights_result, protocol_result
 from harness.claimkit.role import CategoryRun
 from harness.claimkit.role import measure as measure_entropies
@@ -78,7 +79,7 @@ __all__ = [
     "CategoryRun", "Claim", "ClaimError", "DType", "Dims", "EffectSpec", "EntropyResult", "Generation",
     "GenerationRun", "LoadedModel", "Matched", "PromptBank", "PromptFormat", "RVRun", "Schema", "SiteError",
     "Stated", "TableContext", "Window", "WindowRows", "WindowRule", "attention_entropy", "capture", "capture_rows",
-    "check", "compare_rv", "edit_site", "encode", "exclusions", "forward_capture", "generate", "head_level_rfc",
+    "check", "compare_rv", "edit_site", "encode", "evaluate", "exclusions", "forward_capture", "generate", "head_level_rfc",
     "hook_count", "interval_effect", "layers_from_end", "load_bank", "load_claim", "map_layer", "matched_spans",
     "measure_entropies", "measure_rv", "merge_runs", "null_weights_result", "paired_effect", "parse_site",
     "participation_ratio", "patch_residual", "protocol_kind", "protocol_of", "protocol_result", "r_v",

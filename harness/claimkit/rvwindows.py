@@ -31,7 +31,7 @@ from harness.claimkit.rv import RVRun
 from harness.engine.formatting import RAW, PromptFormat
 from harness.engine.models import LoadedModel
 from harness.engine.runner import Window, forward_capture, token_counts
-from harness.engine.sites import SiteError
+from harness.engine.sites import SiteError, map_layer
 
 Rule = Literal["min", "full", "no_bos"]
 RULES: tuple[Rule, ...] = ("min", "full", "no_bos")
@@ -186,8 +186,9 @@ class TableContext:
     """What an R_V table protocol needs: the claim, the model, its bank, and a cache shared by the protocols of
     one test module (one capture per model and prompt set, whatever number of protocols reads it).
 
-    The claim's [protocol] names `early_layer` (an index) and `late_layer_from_end` (late = n_layers minus it),
-    `site`, and the prompt format (`chat_template`, `bos`).
+    The claim's [protocol] names `early_layer` and either `late_layer_from_end` (late = n_layers minus it; the
+    early layer is then an index on every model) or `late_layer` (both published layers mapped by relative
+    depth, as `map_layer` does), `site`, and the prompt format (`chat_template`, `bos`).
     """
 
     claim: Claim
@@ -204,7 +205,10 @@ class TableContext:
     @property
     def layers(self) -> tuple[int, int]:
         p = self.claim.protocol
-        return layers_from_end(self.lm, p["early_layer"], p["late_layer_from_end"])
+        if "late_layer_from_end" in p:
+            return layers_from_end(self.lm, p["early_layer"], p["late_layer_from_end"])
+        n, published = self.lm.dims.n_layers, self.claim.published_n_layers
+        return map_layer(p["early_layer"], published, n), map_layer(p["late_layer"], published, n)
 
     def prompts(self, categories: Sequence[str]) -> list[str]:
         return [prompt for name in categories for prompt in self.bank.category(name)]
