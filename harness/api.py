@@ -26,10 +26,17 @@ Forward passes, hooks and interventions
     encode, token_counts, Window, forward_capture, Captured: batched forwards keeping windows of sites.
     capture, edit_site, hook_count, Call, CallLog: hooks as context managers that always remove themselves.
     generate, Generation, GenerationRun: batched greedy generation with interventions active.
+    generation_paths: which generation path ran a protocol's batches, and why not the graph path.
+    sample_conditions, SampledCondition, SampledRun: seeded sampling (one stream per row, so arms are
+        seed-matched), with edits while the prompt is read, on the KV cache, and while tokens are sampled.
+    KVRows, replace_last: KV-cache surgery (other prompts' keys and values in a prefilled cache; RoPE offsets
+        reported).
     zero_attention_output, scale_heads, skip_layer, patch_residual: interventions as context managers.
     attention_entropy, EntropyResult: per-layer, per-head attention entropy inside the forward.
 Measurements and statistics
     stats: the statistical tests (student_t, welch_t, mann_whitney, permutation_test, paired_t, ols, ...).
+    markers: behaviour scores of generated text (the n300 substring markers as published, word-boundary and
+        novel markers, overlap with a source prompt).
     participation_ratio, r_v: PR of a window of activations and the R_V ratio.
     measure_rv, compare_rv, RVRun: R_V per prompt for a claim's early/late layers, and the published comparison.
     TableContext, capture_rows, WindowRows, WindowRule, WINDOW_RULES, layers_from_end: R_V at an early layer and
@@ -40,14 +47,18 @@ Measurements and statistics
     select_prompts, merge_runs, exclusions: parts and unions of R_V runs, and their exclusion counts.
     measure_entropies, CategoryRun, rfc, rsi, head_level_rfc: attention entropy per prompt category and the
         role-focus coefficients built on it.
+    TransferContext, TRANSFER_ARMS, PERSISTENT_ARMS, draw_pairs, patch_calls: the n300 behaviour-transfer
+        family: prompt pairs, the seed-matched arms (the source's and the ones that take them apart), and the
+        persistent patch's hook calls and writes.
 """
 
 from __future__ import annotations
 
-from harness.analysis import stats
+from harness.analysis import markers, stats
 from harness.analysis.metrics import participation_ratio, r_v
 from harness.analysis.rfc import head_level_rfc, rfc, rsi
 from harness.claimkit.declare import NULL_WEIGHTS_PROTOCOL, protocol_kind, protocol_of
+from harness.claimkit.gen import path_summary as generation_paths
 from harness.claimkit.effects import EffectSpec, Stated, interval_effect, paired_effect, two_sample_effect
 from harness.claimkit.params import DType, Schema
 from harness.claimkit.prompts import BankError, PromptBank, load_bank
@@ -63,26 +74,33 @@ from harness.claimkit.rvwindows import Matched, TableContext, WindowRows, captur
 from harness.claimkit.rvwindows import Rule as WindowRule
 from harness.claimkit.rvwindows import matched_spans, merge_runs, select_prompts
 from harness.engine.attention import EntropyResult, attention_entropy
+from harness.claimkit.transfer import ARMS as TRANSFER_ARMS
+from harness.claimkit.transfer import PERSISTENT as PERSISTENT_ARMS
+from harness.claimkit.transfer import TransferContext, draw_pairs, patch_calls
 from harness.engine.formatting import PromptFormat
 from harness.engine.generation import Generation, GenerationRun, generate
 from harness.engine.hooks import Call, CallLog, capture, edit_site, hook_count
 from harness.engine.interventions import patch_residual, scale_heads, skip_layer, zero_attention_output
+from harness.engine.kvsurgery import KVRows, replace_last
 from harness.engine.models import Dims, LoadedModel
 from harness.engine.runner import Captured, Window, encode, forward_capture, token_counts
+from harness.engine.sampling import SampledCondition, SampledRun, sample_conditions
 from harness.engine.sites import POINTS as SITE_POINTS
 from harness.engine.sites import SiteError, map_layer, site_width
 from harness.engine.sites import parse as parse_site
 from harness.engine.sites import resolve as resolve_site
 
 __all__ = [
-    "NULL_WEIGHTS_PROTOCOL", "SITE_POINTS", "WINDOW_RULES", "BankError", "Call", "CallLog", "Captured",
-    "CategoryRun", "Claim", "ClaimError", "DType", "Dims", "EffectSpec", "EntropyResult", "Generation",
-    "GenerationRun", "LoadedModel", "Matched", "PromptBank", "PromptFormat", "RVRun", "Schema", "SiteError",
-    "Stated", "TableContext", "Window", "WindowRows", "WindowRule", "attention_entropy", "capture", "capture_rows",
-    "check", "compare_rv", "edit_site", "encode", "evaluate", "exclusions", "forward_capture", "generate", "head_level_rfc",
-    "hook_count", "interval_effect", "layers_from_end", "load_bank", "load_claim", "map_layer", "matched_spans",
-    "measure_entropies", "measure_rv", "merge_runs", "null_weights_result", "paired_effect", "parse_site",
-    "participation_ratio", "patch_residual", "protocol_kind", "protocol_of", "protocol_result", "r_v",
-    "resolve_site", "rfc", "rsi", "scale_heads", "select_prompts", "site_width", "skip_layer", "stats",
-    "token_counts", "two_sample_effect", "zero_attention_output",
+    "NULL_WEIGHTS_PROTOCOL", "PERSISTENT_ARMS", "SITE_POINTS", "TRANSFER_ARMS", "WINDOW_RULES", "BankError", "Call",
+    "CallLog", "Captured", "CategoryRun", "Claim", "ClaimError", "DType", "Dims", "EffectSpec", "EntropyResult",
+    "Generation", "GenerationRun", "KVRows", "LoadedModel", "Matched", "PromptBank", "PromptFormat", "RVRun",
+    "SampledCondition", "SampledRun", "Schema", "SiteError", "Stated", "TableContext", "TransferContext", "Window",
+    "WindowRows", "WindowRule", "attention_entropy", "capture", "capture_rows", "check", "compare_rv", "draw_pairs",
+    "edit_site", "encode", "evaluate", "exclusions", "forward_capture", "generate", "generation_paths",
+    "head_level_rfc", "hook_count", "interval_effect", "layers_from_end", "load_bank", "load_claim", "map_layer",
+    "markers", "matched_spans", "measure_entropies", "measure_rv", "merge_runs", "null_weights_result",
+    "paired_effect", "parse_site", "participation_ratio", "patch_calls", "patch_residual", "protocol_kind",
+    "protocol_of", "protocol_result", "r_v", "replace_last", "resolve_site", "rfc", "rsi", "sample_conditions",
+    "scale_heads", "select_prompts", "site_width", "skip_layer", "stats", "token_counts", "two_sample_effect",
+    "zero_attention_output",
 ]
