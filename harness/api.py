@@ -58,8 +58,8 @@ from harness.analysis import markers, stats
 from harness.analysis.metrics import participation_ratio, r_v
 from harness.analysis.rfc import head_level_rfc, rfc, rsi
 from harness.claimkit.declare import NULL_WEIGHTS_PROTOCOL, protocol_kind, protocol_of
-from harness.claimkit.gen import path_summary as generation_paths
 from harness.claimkit.effects import EffectSpec, Stated, interval_effect, paired_effect, two_sample_effect
+from harness.claimkit.gen import path_summary as generation_paths
 from harness.claimkit.params import DType, Schema
 from harness.claimkit.prompts import BankError, PromptBank, load_bank
 from harness.claimkit.registry import Claim, ClaimError, evaluate, load_claim
@@ -70,13 +70,22 @@ from harness.claimkit.rv import RVRun
 from harness.claimkit.rv import compare as compare_rv
 from harness.claimkit.rv import measure as measure_rv
 from harness.claimkit.rvwindows import RULES as WINDOW_RULES
-from harness.claimkit.rvwindows import Matched, TableContext, WindowRows, capture_rows, exclusions, layers_from_end
+from harness.claimkit.rvwindows import (
+    Matched,
+    TableContext,
+    WindowRows,
+    capture_rows,
+    exclusions,
+    layers_from_end,
+    matched_spans,
+    merge_runs,
+    select_prompts,
+)
 from harness.claimkit.rvwindows import Rule as WindowRule
-from harness.claimkit.rvwindows import matched_spans, merge_runs, select_prompts
-from harness.engine.attention import EntropyResult, attention_entropy
 from harness.claimkit.transfer import ARMS as TRANSFER_ARMS
 from harness.claimkit.transfer import PERSISTENT as PERSISTENT_ARMS
 from harness.claimkit.transfer import TransferContext, draw_pairs, patch_calls
+from harness.engine.attention import EntropyResult, attention_entropy
 from harness.engine.formatting import PromptFormat
 from harness.engine.generation import Generation, GenerationRun, generate
 from harness.engine.hooks import Call, CallLog, capture, edit_site, hook_count

@@ -378,3 +378,23 @@ def test_the_null_weights_twin_has_the_architecture_and_tokenizer_but_not_the_we
     name = "model.layers.0.self_attn.v_proj.weight"
     assert not torch.equal(state(twin)[name], state(lm)[name])
     assert torch.equal(state(twin)[name], state(again)[name]) and not torch.equal(state(twin)[name], state(other)[name])
+
+
+def test_a_null_twin_that_cannot_fit_on_the_gpu_skips_with_the_fix(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Mixtral-8x7B fits one H200 in 16 bits, its twin beside it does not: the null-weights check skips, naming
+    the sizes and the two ways out, instead of running out of memory."""
+    from types import SimpleNamespace
+
+    from harness.plugin.fixtures import _twin_fits
+
+    weights = torch.nn.Linear(1024, 1024, bias=False).to(torch.float16)  # 2 MiB
+    lm = SimpleNamespace(id="big", device=torch.device("cuda:0"), model=weights)
+    reserved = {"free": 1 << 20, "reserved": 0}
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda _device: (reserved["free"], 1 << 40))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda _device: reserved["reserved"])
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda _device: 0)
+    with pytest.raises(pytest.skip.Exception, match=r"twin of big needs 0\.0 GiB .*--gpus-per-model 2.*"
+                                                    r"--no-null-weights"):
+        _twin_fits(lm)  # type: ignore[arg-type]
+    reserved["reserved"] = 4 << 20  # memory torch holds in its cache counts as free
+    _twin_fits(lm)  # type: ignore[arg-type]

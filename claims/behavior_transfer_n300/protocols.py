@@ -24,7 +24,8 @@ SCHEMA = api.Schema(
               "chat_template": bool, "bos": bool | None, "dtype": api.DType, "source_categories": list[str],
               "baseline_categories": list[str], "passage_category": str, "markers": list[str],
               "repetition_bonus": int, "repetition_min_words": int, "repetition_unique_ratio": float,
-              "control_alpha": float, "sizes": dict[str, dict[str, int]]},
+              "delta_ci_level": float, "score_at_least": list[int], "control_alpha": float,
+              "sizes": dict[str, dict[str, int]]},
     controls={"layer_specific": _DIFF, "v_patch_contribution": _DIFF, "v_patch_fires": _DIFF,
               "recursive_source": _DIFF, "calibrated_score": _DIFF, "patch_fires": {}, "source_overlap": {},
               "layer_specificity_published": {}},
@@ -49,15 +50,16 @@ def scores(ctx: api.TransferContext, runs: dict[str, api.SampledRun], kind: str)
             for arm, run in runs.items()}
 
 
-def _one_sample(deltas: Sequence[float]) -> dict[str, float]:
-    """The source's delta statistics: mean, SD (ddof 1), ttest_1samp two-sided, d = mean / SD (ddof 0), 95% CI."""
+def _one_sample(deltas: Sequence[float], level: float) -> dict[str, float]:
+    """The source's delta statistics: mean, SD (ddof 1), ttest_1samp two-sided, d = mean / SD (ddof 0), and
+    its t interval at `level`."""
     d = np.asarray(deltas, float)
     mean, sd = float(d.mean()), float(d.std(ddof=1)) if d.size > 1 else float("nan")
     if d.size < 2 or not sd > 0:
         return {"mean": mean, "sd": sd, "t": float("nan"), "p": float("nan"), "d": 0.0,
                 "ci_low": float("nan"), "ci_high": float("nan")}
     test = sps.ttest_1samp(d, 0.0)
-    ci = test.confidence_interval(0.95)
+    ci = test.confidence_interval(level)
     return {"mean": mean, "sd": sd, "t": float(test.statistic), "p": float(test.pvalue),
             "d": mean / float(d.std()), "ci_low": float(ci.low), "ci_high": float(ci.high)}
 
@@ -91,7 +93,7 @@ def as_published(ctx: api.TransferContext, arms: Sequence[str] = api.TRANSFER_AR
     runs = ctx.run(arms)
     table = scores(ctx, runs, "published")
     deltas = {arm: [x - y for x, y in zip(table[arm], table["baseline"], strict=True)] for arm in DELTA_ARMS}
-    tests = {arm: _one_sample(deltas[arm]) for arm in DELTA_ARMS}
+    tests = {arm: _one_sample(deltas[arm], ctx.params["delta_ci_level"]) for arm in DELTA_ARMS}
     observed: dict[str, Any] = {f"{arm}_mean": float(np.mean(table[arm])) for arm in table}
     for arm, name in (("transfer", "transfer"), ("random", "random"), ("wrong_layer", "wrong")):
         observed |= {f"delta_{name}": tests[arm]["mean"], f"t_{name}": tests[arm]["t"], f"p_{name}": tests[arm]["p"],
@@ -100,9 +102,8 @@ def as_published(ctx: api.TransferContext, arms: Sequence[str] = api.TRANSFER_AR
     observed["t_transfer_vs_wrong"], observed["p_transfer_vs_wrong"] = _student(deltas["transfer"],
                                                                                 deltas["wrong_layer"])
     transfer = table["transfer"]
-    observed |= {"transfer_score_at_least_8": sum(s >= 8 for s in transfer),
-                 "transfer_score_at_least_5": sum(s >= 5 for s in transfer),
-                 "transfer_score_zero": sum(s == 0 for s in transfer), "n_pairs": len(transfer)}
+    observed |= {f"transfer_score_at_least_{k}": sum(s >= k for s in transfer) for k in ctx.params["score_at_least"]}
+    observed |= {"transfer_score_zero": sum(s == 0 for s in transfer), "n_pairs": len(transfer)}
     fires = _fires(runs)
     observed |= {k: v for k, v in fires.items() if k != "calls_by_arm"}
     published = {k: v for k, v in ctx.claim.published.items() if isinstance(v, int | float)}
@@ -180,7 +181,7 @@ def source_overlap(ctx: api.TransferContext) -> dict[str, Any]:
     runs = ctx.run(api.TRANSFER_ARMS)
     table = scores(ctx, runs, "overlap")
     diffs = [a - b for a, b in zip(table["transfer"], table["random"], strict=True)]
-    interval = api.stats.mean_ci(diffs, 0.9) if len(diffs) >= 2 else None
+    interval = api.stats.mean_ci(diffs, 1 - 2 * ctx.params["control_alpha"]) if len(diffs) >= 2 else None
     observed = {"overlap_increase": float(np.mean(diffs)),
                 "overlap_increase_ci_low": interval.low if interval else float("nan"),
                 "overlap_increase_ci_high": interval.high if interval else float("nan"),
@@ -211,7 +212,7 @@ def rederive(claim: api.Claim) -> dict[str, Any]:
               "random": pub["delta_random"] / (pub["delta_random_sd"] / root),
               "wrong": pub["delta_wrong"] / (pub["delta_wrong_sd"] / root),
               "transfer_vs_random": _student_from(pub, "random"), "transfer_vs_wrong": _student_from(pub, "wrong")}
-    half = sps.t.ppf(0.975, n - 1) * pub["delta_transfer_sd"] / root
+    half = sps.t.ppf((1 + claim.protocol["delta_ci_level"]) / 2, n - 1) * pub["delta_transfer_sd"] / root
     ci = (pub["delta_transfer"] - half, pub["delta_transfer"] + half)
     d_from = {k: pub[f"delta_{k}"] / pub[f"delta_{k}_sd"] for k in ("transfer", "random", "wrong")}
     p_from = {k: 2 * sps.t.sf(abs(pub[f"t_{k}"]), n - 1) for k in ("transfer", "random", "wrong")}

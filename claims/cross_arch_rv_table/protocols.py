@@ -234,4 +234,5 @@ def rederive_agreement(claim: api.Claim) -> dict[str, Any]:
                                       "re-derivations, never counted",))
 
 
-REDERIVATIONS = {"rederive": rederive, "rederive_phase1": rederive_phase1, "robustness:reports_agree": rederive_agreement}
+REDERIVATIONS = {"rederive": rederive, "rederive_phase1": rederive_phase1,
+                 "robustness:reports_agree": rederive_agreement}

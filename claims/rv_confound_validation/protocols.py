@@ -115,7 +115,8 @@ def token_matched(ctx: api.TableContext) -> dict[str, Any]:
     a, b = [base_at[x] for _, x in kept], [rec_at[t] for t, _ in kept]
     stated = api.paired_effect(api.EffectSpec.of(ctx.claim, "token_matched"), a, b)
     return _control(ctx, "token_matched", stated, n, excluded,
-                    {"pairs": len(kept), "champions_mean": api.stats.nan_mean(b), "partner_mean": api.stats.nan_mean(a)},
+                    {"pairs": len(kept), "champions_mean": api.stats.nan_mean(b),
+                     "partner_mean": api.stats.nan_mean(a)},
                     {"paired_t": api.stats.paired_t(a, b).as_dict()})
 
 
@@ -186,7 +187,8 @@ def rederive(claim: api.Claim) -> dict[str, Any]:
     own = claim.criteria["as_published"]
     figures = {"champions_mean": pub["champions_mean"], **{f"p_{k}": pub[f"p_{k}"] for k in comparisons}}
     failed = [k for k, rule in own.items() if api.evaluate({k: rule}, figures)[0] is not True]
-    observed = {"welch_df_out_of_bounds": outside, "corr_p": corr_p, "corr_p_abs_error": abs(corr_p - pub["p_corr_tokens_r_v"]),
+    observed = {"welch_df_out_of_bounds": outside, "corr_p": corr_p,
+                "corr_p_abs_error": abs(corr_p - pub["p_corr_tokens_r_v"]),
                 "n_corr_error": abs(m - sum(n.values())), "published_criteria_failed": len(failed)}
     return api.protocol_result(claim, "rederive", "rederive", claim.criteria["rederive"], observed,
                                data={"welch": dfs, "criteria_failed": failed}, n=n,

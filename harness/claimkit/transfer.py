@@ -203,17 +203,19 @@ class TransferContext:
         own = VRows.capture(self.lm, baselines, late, window, self.batch_size, self.fmt)
         noise = own.noise(own.lengths, self.seed + p["row_seed"])  # shaped like the baseline's own v, as coded
         index = torch.arange(len(pairs))
-        common = {"prompts": baselines, "seeds": seeds, "refeed_last": True}
+
+        def matched(name: str, **edits: Any) -> SampledCondition:  # seed-matched to the baseline arm, refeeding
+            return SampledCondition(name, baselines, seeds, refeed_last=True, **edits)
+
         made = {
             "baseline": SampledCondition("baseline", baselines, seeds, top_k=p["baseline_top_k"]),
-            "transfer": SampledCondition("transfer", cache_edit=kv_edit(kv, of),
-                                         decode_edit=persistent_v(self.lm, late, v, of, window), **common),
-            "random": SampledCondition("random", decode_edit=persistent_v(self.lm, late, noise, index, window),
-                                       **common),
-            "wrong_layer": SampledCondition("wrong_layer", cache_edit=kv_edit(kv, of),
-                                            decode_edit=persistent_v(self.lm, early, v, of, window), **common),
-            "kv_only": SampledCondition("kv_only", cache_edit=kv_edit(kv, of), **common),
-            "v_fires": SampledCondition("v_fires", prefill_edit=prefill_v(self.lm, late, v, of, window), **common),
+            "transfer": matched("transfer", cache_edit=kv_edit(kv, of),
+                                decode_edit=persistent_v(self.lm, late, v, of, window)),
+            "random": matched("random", decode_edit=persistent_v(self.lm, late, noise, index, window)),
+            "wrong_layer": matched("wrong_layer", cache_edit=kv_edit(kv, of),
+                                   decode_edit=persistent_v(self.lm, early, v, of, window)),
+            "kv_only": matched("kv_only", cache_edit=kv_edit(kv, of)),
+            "v_fires": matched("v_fires", prefill_edit=prefill_v(self.lm, late, v, of, window)),
         }
         if "kv_nonrecursive" in arms:
             spans = [q for q in self.partners().partners if q is not None]
@@ -223,9 +225,8 @@ class TransferContext:
                                  "needs one per pair: add passages to the bank")
             kv_n = KVRows.capture(self.lm, spans, self.batch_size, self.fmt)
             v_n = VRows.capture(self.lm, spans, late, window, self.batch_size, self.fmt)
-            made["kv_nonrecursive"] = SampledCondition("kv_nonrecursive", cache_edit=kv_edit(kv_n, index),
-                                                       decode_edit=persistent_v(self.lm, late, v_n, index, window),
-                                                       **common)
+            made["kv_nonrecursive"] = matched("kv_nonrecursive", cache_edit=kv_edit(kv_n, index),
+                                              decode_edit=persistent_v(self.lm, late, v_n, index, window))
         return [made[arm] for arm in arms]
 
 

@@ -92,7 +92,7 @@ def replace_last(cache: Any, mask: torch.Tensor, source: KVRows, source_of: torc
     first token included) was replaced.
     """
     layers = layer_kv(cache)
-    rows, width = mask.shape
+    width = mask.shape[1]
     if len(layers) != len(source.keys):
         raise ValueError(f"the cache has {len(layers)} layers, the source {len(source.keys)}: capture the sources "
                          "with the model whose cache is edited")

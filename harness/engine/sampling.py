@@ -62,7 +62,8 @@ def _mix(x: torch.Tensor) -> torch.Tensor:
 
 def uniform(seeds: torch.Tensor, step: int, vocab: int) -> torch.Tensor:
     """(rows, vocab) float64 in (0, 1): a hash of (row seed, step, token id), on the seeds' device."""
-    row = _mix(seeds.long() * _G + _signed((step + 1) * _GOLDEN))  # (rows,)
+    key = _mix(seeds.long() * _G + _G)  # (rows,): each seed's own 64-bit key, so streams never overlap
+    row = _mix(key + _signed((step + 1) * _GOLDEN))
     token = torch.arange(1, vocab + 1, device=seeds.device, dtype=torch.long) * _G  # (vocab,)
     bits = _shr(_mix(row[:, None] + token[None]), 11)  # 53 random bits
     return (bits.double() + 0.5) / float(1 << 53)
@@ -138,7 +139,6 @@ def _sample_batch(lm: LoadedModel, batch: PromptBatch, rows: _Rows, conditions: 
     present = [(i, c) for i, c in enumerate(conditions) if bool((rows.owner == i).any())]
     index = {c.name: torch.where(rows.owner == i, rows.local, -1) for i, c in present}
     mask = batch.attention_mask
-    lengths = mask.sum(1)  # (rows,) true prompt lengths
     log: dict[str, Any] = {}
     with torch.no_grad():
         with _entered([(c.name, c.prefill_edit, index[c.name]) for _, c in present], batch) as hooks:

@@ -50,10 +50,15 @@ class ModelCache:
         return self._cached(self._loaded, (model_id, dtype), build)
 
     def null_twin(self, lm: LoadedModel, dtype: str | None = None) -> LoadedModel:
-        """The seeded random-weight twin of `lm` (same architecture, dtype and devices): the null-weights check."""
+        """The seeded random-weight twin of `lm` (same architecture, dtype and devices): the null-weights check.
+        Skips, saying why and what to do, where the twin cannot fit on the GPU beside the model."""
         from harness.engine.models import random_twin
 
-        return self._cached(self._twins, (lm.id, dtype), lambda: random_twin(lm, self.opts.seed))
+        def build() -> LoadedModel:
+            _twin_fits(lm)
+            return random_twin(lm, self.opts.seed)
+
+        return self._cached(self._twins, (lm.id, dtype), build)
 
     def _cached(self, store: OrderedDict[tuple[str, str | None], Any], key: tuple[str, str | None],
                 build: Callable[[], LoadedModel]) -> LoadedModel:
@@ -71,6 +76,21 @@ class ModelCache:
         self._loaded.clear()
         self._twins.clear()
         free_device_memory()
+
+
+def _twin_fits(lm: LoadedModel) -> None:
+    """Skip the null-weights check where a single-GPU model's twin (as many bytes again) exceeds the free memory."""
+    import torch
+
+    if lm.device.type != "cuda" or len(set(getattr(lm.model, "hf_device_map", {}).values())) > 1:
+        return
+    needed = sum(p.numel() * p.element_size() for p in lm.model.parameters())
+    free, _ = torch.cuda.mem_get_info(lm.device)
+    free += torch.cuda.memory_reserved(lm.device) - torch.cuda.memory_allocated(lm.device)  # torch's own cache
+    if needed > free:
+        pytest.skip(f"the null-weights twin of {lm.id} needs {needed / 2**30:.1f} GiB beside the model and "
+                    f"{lm.device} has {free / 2**30:.1f} GiB free: shard it with --gpus-per-model 2 (the twin "
+                    f"shards too), or opt out with --no-null-weights")
 
 
 def free_device_memory() -> None:
