@@ -19,7 +19,8 @@ SCHEMA = api.Schema(
               "baseline_categories": list[str], "passage_category": str, "control_alpha": float},
     controls={
         "token_matched": {"min_pairs": int},
-        "fixed_set_no_bos": {"min_per_condition": int},
+        "fixed_set_no_bos": {"min_per_condition": int, "recursive_categories": list[str],
+                             "baseline_categories": list[str]},
         "source_rule": {"window_rule": _RULE},
         "published_midpoints": {},
     },
@@ -142,7 +143,8 @@ def token_matched(ctx: api.TableContext) -> dict[str, Any]:
 
 def fixed_set_no_bos(ctx: api.TableContext) -> dict[str, Any]:
     control = ctx.claim.control("fixed_set_no_bos")
-    rec_prompts, base_prompts = _groups(ctx)
+    rec_prompts = ctx.prompts(control["recursive_categories"])
+    base_prompts = ctx.prompts(control["baseline_categories"])
     rec, rec_out = _window_means(ctx, rec_prompts)
     base, base_out = _window_means(ctx, base_prompts)
     excluded = {**{f"recursive:{k}": v for k, v in rec_out.items()},
