@@ -398,3 +398,32 @@ def test_a_null_twin_that_cannot_fit_on_the_gpu_skips_with_the_fix(monkeypatch: 
         _twin_fits(lm)  # type: ignore[arg-type]
     reserved["reserved"] = 4 << 20  # memory torch holds in its cache counts as free
     _twin_fits(lm)  # type: ignore[arg-type]
+
+
+def test_a_model_too_big_for_what_is_cached_frees_twins_first_then_models(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before a full-size Mixtral (87 GiB in bf16, counted on the meta device) loads on one GPU, cached twins and
+    then cached models are dropped, oldest first, until it fits, and no more."""
+    from types import SimpleNamespace
+
+    from harness.engine.models import parameter_bytes
+    from harness.plugin import fixtures
+
+    spec = get_spec("mixtral-8x7b-instruct-v0.1")
+    needed = parameter_bytes(spec)
+    assert needed is not None and abs(needed / 2**30 - 87.0) < 0.5
+    registry = load_registry()
+    opts = SimpleNamespace(registry=registry, device="cuda:0", shard_devices=[])
+    cache = fixtures.ModelCache(opts)  # type: ignore[arg-type]
+    cache._loaded.update({("a", None): "model a", ("b", None): "model b"})
+    cache._twins.update({("a", None): "twin a", ("b", None): "twin b"})
+    held = {"gib": 10}  # what is free now; each dropped entry gives 40 GiB back
+    monkeypatch.setattr(fixtures, "_free_bytes", lambda _device: held["gib"] * 2**30)
+    monkeypatch.setattr(fixtures, "free_device_memory", lambda: held.__setitem__("gib", held["gib"] + 40))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    cache._make_room("mixtral-8x7b-instruct-v0.1", None)
+    assert not cache._twins and list(cache._loaded) == [("a", None), ("b", None)]  # 90 GiB free: enough
+    held["gib"] = 10
+    cache._twins.update({("b", None): "twin b"})
+    cache._make_room("mixtral-8x7b-instruct-v0.1", None)
+    assert not cache._twins and list(cache._loaded) == [("b", None)]  # the twin, then the oldest model
+    assert parameter_bytes(get_spec("tiny-mistral"), "float32") is not None
