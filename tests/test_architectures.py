@@ -244,3 +244,13 @@ def test_an_unsupported_architecture_fails_naming_it_and_the_supported_list(tmp_
     with pytest.raises(UnsupportedArchitecture, match=r"model 'odd' \(.*\) has model_type 'bloom', which "
                        r"claim-harness does not support; supported model_types: llama, mistral, .*gpt_neox"):
         load(user_spec("odd", str(directory)))
+
+
+def test_a_mixture_of_experts_model_is_checked_batched_before_its_first_router(arch: LoadedModel) -> None:
+    """In half precision a batch's rounding can tip a router's near-tie, so on Mixtral the batched check reads
+    layer 0's attention and says so; every other family keeps the mid-layer v and last residual."""
+    checks = arch.describe()["validation"]
+    if arch.model.config.model_type == "mixtral":
+        assert checks["batched_sites"] == ["blocks.0.attn.z", "blocks.0.attn.out"]
+    else:
+        assert "batched_sites" not in checks
