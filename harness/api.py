@@ -47,7 +47,7 @@ Measurements and statistics
     select_prompts, merge_runs, exclusions: parts and unions of R_V runs, and their exclusion counts.
     measure_entropies, CategoryRun, rfc, rsi, head_level_rfc: attention entropy per prompt category and the
         role-focus coefficients built on it.
-    TransferContext, TRANSFER_ARMS, PERSISTENT_ARMS, draw_pairs, patch_calls: the n300 behaviour-transfer
+    TransferContext, TRANSFER_ARMS, PUBLISHED_ARMS, PERSISTENT_ARMS, draw_pairs, patch_calls: the n300 transfer
         family: prompt pairs, the seed-matched arms (the source's and the ones that take them apart), and the
         persistent patch's hook calls and writes.
 """
@@ -83,6 +83,7 @@ from harness.claimkit.rvwindows import (
 )
 from harness.claimkit.rvwindows import Rule as WindowRule
 from harness.claimkit.transfer import ARMS as TRANSFER_ARMS
+from harness.claimkit.transfer import AS_PUBLISHED as PUBLISHED_ARMS
 from harness.claimkit.transfer import PERSISTENT as PERSISTENT_ARMS
 from harness.claimkit.transfer import TransferContext, draw_pairs, patch_calls
 from harness.engine.attention import EntropyResult, attention_entropy
@@ -100,16 +101,16 @@ from harness.engine.sites import parse as parse_site
 from harness.engine.sites import resolve as resolve_site
 
 __all__ = [
-    "NULL_WEIGHTS_PROTOCOL", "PERSISTENT_ARMS", "SITE_POINTS", "TRANSFER_ARMS", "WINDOW_RULES", "BankError", "Call",
-    "CallLog", "Captured", "CategoryRun", "Claim", "ClaimError", "DType", "Dims", "EffectSpec", "EntropyResult",
-    "Generation", "GenerationRun", "KVRows", "LoadedModel", "Matched", "PromptBank", "PromptFormat", "RVRun",
-    "SampledCondition", "SampledRun", "Schema", "SiteError", "Stated", "TableContext", "TransferContext", "Window",
-    "WindowRows", "WindowRule", "attention_entropy", "capture", "capture_rows", "check", "compare_rv", "draw_pairs",
-    "edit_site", "encode", "evaluate", "exclusions", "forward_capture", "generate", "generation_paths",
-    "head_level_rfc", "hook_count", "interval_effect", "layers_from_end", "load_bank", "load_claim", "map_layer",
-    "markers", "matched_spans", "measure_entropies", "measure_rv", "merge_runs", "null_weights_result",
-    "paired_effect", "parse_site", "participation_ratio", "patch_calls", "patch_residual", "protocol_kind",
-    "protocol_of", "protocol_result", "r_v", "replace_last", "resolve_site", "rfc", "rsi", "sample_conditions",
-    "scale_heads", "select_prompts", "site_width", "skip_layer", "stats", "token_counts", "two_sample_effect",
-    "zero_attention_output",
+    "NULL_WEIGHTS_PROTOCOL", "PERSISTENT_ARMS", "PUBLISHED_ARMS", "SITE_POINTS", "TRANSFER_ARMS", "WINDOW_RULES",
+    "BankError", "Call", "CallLog", "Captured", "CategoryRun", "Claim", "ClaimError", "DType", "Dims", "EffectSpec",
+    "EntropyResult", "Generation", "GenerationRun", "KVRows", "LoadedModel", "Matched", "PromptBank",
+    "PromptFormat", "RVRun", "SampledCondition", "SampledRun", "Schema", "SiteError", "Stated", "TableContext",
+    "TransferContext", "Window", "WindowRows", "WindowRule", "attention_entropy", "capture", "capture_rows",
+    "check", "compare_rv", "draw_pairs", "edit_site", "encode", "evaluate", "exclusions", "forward_capture",
+    "generate", "generation_paths", "head_level_rfc", "hook_count", "interval_effect", "layers_from_end",
+    "load_bank", "load_claim", "map_layer", "markers", "matched_spans", "measure_entropies", "measure_rv",
+    "merge_runs", "null_weights_result", "paired_effect", "parse_site", "participation_ratio", "patch_calls",
+    "patch_residual", "protocol_kind", "protocol_of", "protocol_result", "r_v", "replace_last", "resolve_site",
+    "rfc", "rsi", "sample_conditions", "scale_heads", "select_prompts", "site_width", "skip_layer", "stats",
+    "token_counts", "two_sample_effect", "zero_attention_output",
 ]

@@ -35,7 +35,7 @@ def test_behavior_transfer_n300(protocol, lm, claim, prompt_bank, harness_option
 def test_null(protocol, lm, null_lm, claim, prompt_bank, harness_options, record_claim, measured):
     ctx = api.TransferContext(claim, null_lm, prompt_bank, harness_options.seed, harness_options.batch_size,
                               measured)
-    result = api.null_weights_result(as_published(ctx, api.TRANSFER_ARMS[:4]), lm, null_lm)
+    result = api.null_weights_result(as_published(ctx, api.PUBLISHED_ARMS), lm, null_lm)
     record_claim(result)
     api.check(result)
 
