@@ -37,6 +37,11 @@ PUBLISHED = (
     "qwen2.5-7b-instruct",
     "llama-3.1-8b",
     "llama-3.1-8b-instruct",
+    "qwen1.5-7b-chat",
+    "llama-3-8b-instruct",
+    "gemma-7b-it",
+    "phi-3-medium-4k-instruct",
+    "mixtral-8x7b-instruct-v0.1",
 )
 TINY = (
     "tiny-mistral",
@@ -45,12 +50,20 @@ TINY = (
     "tiny-qwen2-instruct",
     "tiny-llama",
     "tiny-llama-instruct",
+    "tiny-phi3",
+    "tiny-gemma",
 )
 # The published architectures (model cards): layers, query heads, kv heads, head dim, d_model.
+_MISTRAL = Dims(n_layers=32, n_heads=32, n_kv_heads=8, head_dim=128, d_model=4096)
+_QWEN25 = Dims(n_layers=28, n_heads=28, n_kv_heads=4, head_dim=128, d_model=3584)
 PUBLISHED_DIMS = {
-    "mistral": Dims(n_layers=32, n_heads=32, n_kv_heads=8, head_dim=128, d_model=4096),
-    "qwen2": Dims(n_layers=28, n_heads=28, n_kv_heads=4, head_dim=128, d_model=3584),
-    "llama": Dims(n_layers=32, n_heads=32, n_kv_heads=8, head_dim=128, d_model=4096),
+    "mistral-7b-instruct-v0.2": _MISTRAL, "mistral-7b-v0.1": _MISTRAL, "mistral-7b-instruct-v0.1": _MISTRAL,
+    "qwen2.5-7b": _QWEN25, "qwen2.5-7b-instruct": _QWEN25,
+    "llama-3.1-8b": _MISTRAL, "llama-3.1-8b-instruct": _MISTRAL, "llama-3-8b-instruct": _MISTRAL,
+    "qwen1.5-7b-chat": Dims(n_layers=32, n_heads=32, n_kv_heads=32, head_dim=128, d_model=4096),
+    "gemma-7b-it": Dims(n_layers=28, n_heads=16, n_kv_heads=16, head_dim=256, d_model=3072),
+    "phi-3-medium-4k-instruct": Dims(n_layers=40, n_heads=40, n_kv_heads=10, head_dim=128, d_model=5120),
+    "mixtral-8x7b-instruct-v0.1": _MISTRAL,
 }
 REAL_CPU = ("smollm2-135m-instruct",)
 HEX40 = re.compile(r"^[0-9a-f]{40}$")
@@ -80,7 +93,7 @@ def state(lm: LoadedModel) -> dict[str, torch.Tensor]:
 
 def test_registry_holds_the_published_tiny_and_real_cpu_models() -> None:
     registry = load_registry()
-    assert len(registry) == 14
+    assert len(registry) == 21
     assert set(registry) == set(PUBLISHED) | set(TINY) | set(REAL_CPU)
     assert [m for m, spec in registry.items() if spec.cpu] == list(REAL_CPU)
     assert all(spec.id == model_id for model_id, spec in registry.items())
@@ -105,7 +118,37 @@ def test_instruct_models_name_a_registered_base_of_the_same_family() -> None:
 def test_published_architecture_dims_load_through_dims(published_id: str) -> None:
     spec = get_spec(published_id)
     assert architecture(spec)["model_type"] == spec.family
-    assert Dims.from_config(_config_from(spec)) == PUBLISHED_DIMS[spec.family]
+    assert Dims.from_config(_config_from(spec)) == PUBLISHED_DIMS[published_id]
+
+
+# Published parameter counts (model cards), to 0.5%: the architecture files hold the published dimensions.
+FULL_SIZE_PARAMS = {"qwen1.5-7b-chat": 7.72e9, "llama-3-8b-instruct": 8.03e9, "gemma-7b-it": 8.54e9,
+                    "phi-3-medium-4k-instruct": 13.96e9, "mixtral-8x7b-instruct-v0.1": 46.70e9}
+H200_BYTES = 139 * 2**30
+
+
+@pytest.mark.parametrize("arch_id", FULL_SIZE_PARAMS)
+def test_cross_architecture_models_build_at_full_size_and_their_value_sites_resolve(arch_id: str) -> None:
+    """Built on the meta device (no memory): the parameter count, one GPU's worth in 16 bits, and the late-layer
+    v site (phi3: a slice of the fused qkv projection) with the width its config implies."""
+    from transformers import AutoModelForCausalLM
+
+    from harness.engine.sites import resolve, site_width
+
+    config = _config_from(get_spec(arch_id))
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+    n_params = sum(p.numel() for p in model.parameters())
+    assert abs(n_params / FULL_SIZE_PARAMS[arch_id] - 1) < 0.005
+    assert 2 * n_params < H200_BYTES  # the model alone fits one H200 in 16 bits; Mixtral's twin would not
+    dims = Dims.from_config(config)
+    site = resolve(model, f"blocks.{dims.n_layers - 4}.attn.v")
+    fused = dims.n_heads * dims.head_dim + 2 * dims.n_kv_heads * dims.head_dim
+    start, stop = site.part._blocked_bounds() if site.part is not None else (0, site.module.out_features)
+    assert stop - start == site_width("attn.v", dims) == dims.n_kv_heads * dims.head_dim
+    assert (site.part is not None) == (arch_id == "phi-3-medium-4k-instruct")
+    if site.part is not None:
+        assert site.module.out_features == fused
 
 
 def test_mistral_instruct_v02_value_width_is_1024_not_4096() -> None:
@@ -347,3 +390,52 @@ def test_the_null_weights_twin_has_the_architecture_and_tokenizer_but_not_the_we
     name = "model.layers.0.self_attn.v_proj.weight"
     assert not torch.equal(state(twin)[name], state(lm)[name])
     assert torch.equal(state(twin)[name], state(again)[name]) and not torch.equal(state(twin)[name], state(other)[name])
+
+
+def test_a_null_twin_that_cannot_fit_on_the_gpu_skips_with_the_fix(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Mixtral-8x7B fits one H200 in 16 bits, its twin beside it does not: the null-weights check skips, naming
+    the sizes and the two ways out, instead of running out of memory."""
+    from types import SimpleNamespace
+
+    from harness.plugin.fixtures import _twin_fits
+
+    weights = torch.nn.Linear(1024, 1024, bias=False).to(torch.float16)  # 2 MiB
+    lm = SimpleNamespace(id="big", device=torch.device("cuda:0"), model=weights)
+    reserved = {"free": 1 << 20, "reserved": 0}
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda _device: (reserved["free"], 1 << 40))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda _device: reserved["reserved"])
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda _device: 0)
+    with pytest.raises(pytest.skip.Exception, match=r"twin of big needs 0\.0 GiB .*--gpus-per-model 2.*"
+                                                    r"--no-null-weights"):
+        _twin_fits(lm)  # type: ignore[arg-type]
+    reserved["reserved"] = 4 << 20  # memory torch holds in its cache counts as free
+    _twin_fits(lm)  # type: ignore[arg-type]
+
+
+def test_a_model_too_big_for_what_is_cached_frees_twins_first_then_models(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before a full-size Mixtral (87 GiB in bf16, counted on the meta device) loads on one GPU, cached twins and
+    then cached models are dropped, oldest first, until it fits, and no more."""
+    from types import SimpleNamespace
+
+    from harness.engine.models import parameter_bytes
+    from harness.plugin import fixtures
+
+    spec = get_spec("mixtral-8x7b-instruct-v0.1")
+    needed = parameter_bytes(spec)
+    assert needed is not None and abs(needed / 2**30 - 87.0) < 0.5
+    registry = load_registry()
+    opts = SimpleNamespace(registry=registry, device="cuda:0", shard_devices=[])
+    cache = fixtures.ModelCache(opts)  # type: ignore[arg-type]
+    cache._loaded.update({("a", None): "model a", ("b", None): "model b"})
+    cache._twins.update({("a", None): "twin a", ("b", None): "twin b"})
+    held = {"gib": 10}  # what is free now; each dropped entry gives 40 GiB back
+    monkeypatch.setattr(fixtures, "_free_bytes", lambda _device: held["gib"] * 2**30)
+    monkeypatch.setattr(fixtures, "free_device_memory", lambda: held.__setitem__("gib", held["gib"] + 40))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    cache._make_room("mixtral-8x7b-instruct-v0.1", None)
+    assert not cache._twins and list(cache._loaded) == [("a", None), ("b", None)]  # 90 GiB free: enough
+    held["gib"] = 10
+    cache._twins.update({("b", None): "twin b"})
+    cache._make_room("mixtral-8x7b-instruct-v0.1", None)
+    assert not cache._twins and list(cache._loaded) == [("b", None)]  # the twin, then the oldest model
+    assert parameter_bytes(get_spec("tiny-mistral"), "float32") is not None

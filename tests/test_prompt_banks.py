@@ -65,6 +65,15 @@ RULES = (
     CategoryRule("rv_contraction", "baseline_extended", 36, None, (5, 9), False, "stem"),
     CategoryRule("rv_contraction", "baseline_pool", 90, None, (4, 22), False),
     CategoryRule("rv_contraction", "question_controls", 36, None, (6, 14), False, "ask"),
+    CategoryRule("recursion_phase1", "deep_recursive", 20, 20, (36, 46), True, "ask"),
+    CategoryRule("recursion_phase1", "mid_recursive", 20, 20, (14, 18), True, "ask"),
+    CategoryRule("recursion_phase1", "factual", 20, 20, (6, 9), False, "stem"),
+    CategoryRule("recursion_phase1", "creative", 20, 20, (17, 22), False, "imperative"),
+    CategoryRule("recursion_phase1", "champions", 15, 15, (29, 36), True, "ask"),
+    CategoryRule("recursion_phase1", "length_matched", 15, 15, (29, 36), False, "ask"),
+    CategoryRule("recursion_phase1", "pseudo_recursive", 15, 15, (29, 36), None, "ask"),
+    CategoryRule("recursion_phase1", "everyday", 20, None, (6, 16), False, "ask"),
+    CategoryRule("recursion_phase1", "passages", 12, None, (100, 130), False),
 )
 RULED_BANKS = sorted({rule.bank for rule in RULES})
 
@@ -234,3 +243,14 @@ def test_baseline_pool_has_length_partners_for_every_recursive_prompt() -> None:
     recursive = prompts("rv_contraction", "recursive") + prompts("rv_contraction", "recursive_extended")
     lonely = [p for p in recursive if pool_lengths[word_count(p)] < 3]
     assert not lonely, f"recursive prompts with fewer than 3 same-length pool prompts: {lonely}"
+
+
+def test_the_confound_controls_match_the_champions_word_for_word() -> None:
+    """rv_confound_validation: the i-th length-matched and pseudo-recursive prompts have the i-th champion's
+    word count, and no pseudo-recursive prompt addresses the reader."""
+    champions = [word_count(p) for p in prompts("recursion_phase1", "champions")]
+    for category in ("length_matched", "pseudo_recursive"):
+        assert [word_count(p) for p in prompts("recursion_phase1", category)] == champions, category
+    addressed = [p for p in prompts("recursion_phase1", "pseudo_recursive")
+                 if {"you", "your", "yourself"} & set(re.findall(r"[a-z]+", p.lower()))]
+    assert not addressed

@@ -31,7 +31,10 @@ CLAIM_LOGIC = ["harness/analysis/textmetrics.py", "harness/claimkit/rv.py", "har
                "claims/rv_contraction/protocols.py", "claims/l31_ablation_repetition/protocols.py",
                "claims/residual_patch_collapse/protocols.py", "harness/claimkit/rvpatch.py",
                "claims/layer_pr_profile/protocols.py", "claims/residual_patch_rv_null/protocols.py",
-               "claims/rv_l27_patch_transfer_n45/protocols.py", "claims/l27_critical_heads/protocols.py"]
+               "claims/rv_l27_patch_transfer_n45/protocols.py", "claims/l27_critical_heads/protocols.py",
+               "harness/claimkit/rvwindows.py", "harness/claimkit/transfer.py", "harness/analysis/markers.py",
+               "claims/cross_arch_rv_table/protocols.py", "claims/rv_window_robustness/protocols.py",
+               "claims/rv_confound_validation/protocols.py", "claims/behavior_transfer_n300/protocols.py"]
 STRUCTURAL = {"0", "1", "2", "-1", "0.0", "1.0", "2.0"}
 ALLOWED = {  # (module, literal): why it is not a published figure
     ("harness/analysis/textmetrics.py", "3"): "the calibrated repeated-n-gram metric's default n, this project's",
@@ -43,6 +46,12 @@ ALLOWED = {  # (module, literal): why it is not a published figure
     ("claims/rv_l27_patch_transfer_n45/protocols.py", "32"): "a batch size default",
     ("claims/l27_critical_heads/protocols.py", "32"): "a batch size default",
     ("claims/layer_pr_profile/protocols.py", "32"): "a batch size default",
+    ("harness/claimkit/rvwindows.py", "32"): "a batch size default",
+    ("harness/claimkit/transfer.py", "32"): "a batch size default",
+    ("claims/cross_arch_rv_table/protocols.py", "100"): "a fraction written as a percentage, as the source states it",
+    ("claims/rv_window_robustness/protocols.py", "100"): "a fraction written as a percentage, as the source states it",
+    ("claims/rv_confound_validation/protocols.py", "3"): "the fewest values a correlation is computed from",
+    ("claims/rv_confound_validation/protocols.py", "1e4"): "the upper end of the df search bracket",
 }
 
 

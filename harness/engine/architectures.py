@@ -15,6 +15,8 @@ What each site holds where a family differs from Llama:
   attention module's output, before that norm. granite scales it by `residual_multiplier`, also after attn.out.
 - gpt_neox (parallel residual): attention and MLP both read the layer input; attn.out and mlp.out are still
   each module's output before the add.
+- mixtral: the Llama layout with a sparse mixture-of-experts block as `mlp` (transformers 5; 4.x named it
+  `block_sparse_moe`, where mlp.out does not resolve); mlp.out is the block's output, routing included.
 - gemma2 caps attention logits (`attn_logit_softcapping`), which sdpa cannot do: it runs with eager attention,
   and the entropy engine wraps eager attention for it.
 """
@@ -52,7 +54,7 @@ _LLAMA = Layout("model.layers", "self_attn", ("self_attn.q_proj", "self_attn.k_p
                 "self_attn.o_proj", "mlp")
 
 LAYOUTS: dict[str, Layout] = {
-    **{name: _LLAMA for name in ("llama", "mistral", "qwen2", "qwen3", "gemma", "olmo2", "granite")},
+    **{name: _LLAMA for name in ("llama", "mistral", "qwen2", "qwen3", "gemma", "olmo2", "granite", "mixtral")},
     "gemma2": Layout(_LLAMA.layers, _LLAMA.attention, _LLAMA.qkv, _LLAMA.output, _LLAMA.mlp,
                      attn_implementation="eager"),
     "phi3": Layout("model.layers", "self_attn", "self_attn.qkv_proj", "self_attn.o_proj", "mlp", "blocked"),

@@ -25,7 +25,7 @@ from harness.engine.tokenizer import build_offline_tokenizer, corpus_digest, cor
 from harness.engine.weights import Opened, gpu_budget, open_directory, open_hub, open_source
 
 __all__ = ["DTYPES", "WEIGHTS", "Dims", "LoadedModel", "ModelPathError", "ModelUnavailable", "build_tiny", "load",
-           "place"]
+           "parameter_bytes", "place"]
 
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 WEIGHTS = ("pretrained", "random")
@@ -118,6 +118,16 @@ def _config_from(spec: ModelSpec, vocab_size: int | None = None) -> Any:
     model_type = arch.pop("model_type")
     arch.pop("architectures", None)
     return AutoConfig.for_model(model_type, **arch)
+
+
+def parameter_bytes(spec: ModelSpec, dtype: str | None = None) -> int | None:
+    """The bytes a registered architecture's parameters take in `dtype` (the spec's by default), counted on the
+    meta device (no memory, a fraction of a second); None where the spec has no architecture file."""
+    if not spec.config or not (MODELS_DIR / spec.config).exists():
+        return None
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(_config_from(spec))
+    return sum(p.numel() for p in model.parameters()) * DTYPES[dtype or spec.dtype].itemsize
 
 
 def _from_config(config: Any, dtype: torch.dtype, device: str | torch.device, seed: int) -> PreTrainedModel:

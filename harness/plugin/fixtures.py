@@ -47,13 +47,32 @@ class ModelCache:
             lm.token_budget = self.opts.token_budget
             return lm
 
+        if (model_id, dtype) not in self._loaded:
+            self._make_room(model_id, dtype)
         return self._cached(self._loaded, (model_id, dtype), build)
 
+    def _make_room(self, model_id: str, dtype: str | None) -> None:
+        """On one GPU, free cached twins, then cached models (oldest first), until the model about to load fits
+        (a full-size Mixtral beside the previous model and its twin would not)."""
+        import torch
+
+        from harness.engine.models import parameter_bytes
+
+        spec, device = self.opts.registry[model_id], self.opts.device
+        if spec.tiny or self.opts.shard_devices or not str(device).startswith("cuda") or not torch.cuda.is_available():
+            return
+        needed = parameter_bytes(spec, dtype)
+        while needed is not None and (self._twins or self._loaded) and _free_bytes(device) < needed:
+            (self._twins or self._loaded).popitem(last=False)
+            free_device_memory()
+
     def null_twin(self, lm: LoadedModel, dtype: str | None = None) -> LoadedModel:
-        """The seeded random-weight twin of `lm` (same architecture, dtype and devices): the null-weights check."""
+        """The seeded random-weight twin of `lm` (same architecture, dtype and devices): the null-weights check.
+        Skips, saying why and what to do, where the twin cannot fit on the GPU beside the model."""
         from harness.engine.models import random_twin
 
         def build() -> LoadedModel:
+            _twin_fits(lm)
             twin = random_twin(lm, self.opts.seed)
             twin.token_budget = self.opts.token_budget
             return twin
@@ -92,6 +111,26 @@ class ModelCache:
         self._loaded.clear()
         self._twins.clear()
         free_device_memory()
+
+
+def _free_bytes(device: Any) -> int:
+    """Free memory of a CUDA device, counting what torch's caching allocator holds unused."""
+    import torch
+
+    free, _ = torch.cuda.mem_get_info(device)
+    return int(free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
+
+
+def _twin_fits(lm: LoadedModel) -> None:
+    """Skip the null-weights check where a single-GPU model's twin (as many bytes again) exceeds the free memory."""
+    if lm.device.type != "cuda" or len(set(getattr(lm.model, "hf_device_map", {}).values())) > 1:
+        return
+    needed = sum(p.numel() * p.element_size() for p in lm.model.parameters())
+    free = _free_bytes(lm.device)
+    if needed > free:
+        pytest.skip(f"the null-weights twin of {lm.id} needs {needed / 2**30:.1f} GiB beside the model and "
+                    f"{lm.device} has {free / 2**30:.1f} GiB free: shard it with --gpus-per-model 2 (the twin "
+                    f"shards too), or opt out with --no-null-weights")
 
 
 def free_device_memory() -> None:

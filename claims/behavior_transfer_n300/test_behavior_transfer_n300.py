@@ -1,0 +1,47 @@
+"""The n300 behaviour transfer: the published arms and tests as coded, the controls that take the transfer
+apart (all arms seed-matched), the patch's fire count, the null-weights check, and the published summary
+(re-derivation, no model).
+
+On tiny or random-weight models these tests assert that each result is well formed; on the published weights
+they assert the criteria in claims/behavior_transfer_n300/claim.toml.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from harness import api
+
+from .protocols import PROTOCOLS, REDERIVATIONS, SCHEMA, as_published
+
+pytestmark = pytest.mark.claim("behavior_transfer_n300", schema=SCHEMA)
+
+
+@pytest.fixture(scope="module")
+def measured():
+    """Sampled arms shared by this module's protocols: one seed-matched generation per model."""
+    return {}
+
+
+@pytest.mark.parametrize("protocol", list(PROTOCOLS))
+def test_behavior_transfer_n300(protocol, lm, claim, prompt_bank, harness_options, record_claim, measured):
+    ctx = api.TransferContext(claim, lm, prompt_bank, harness_options.seed, harness_options.batch_size, measured)
+    result = PROTOCOLS[protocol](ctx)
+    record_claim(result)
+    api.check(result)
+
+
+@pytest.mark.parametrize("protocol", [api.NULL_WEIGHTS_PROTOCOL])
+def test_null(protocol, lm, null_lm, claim, prompt_bank, harness_options, record_claim, measured):
+    ctx = api.TransferContext(claim, null_lm, prompt_bank, harness_options.seed, harness_options.batch_size,
+                              measured)
+    result = api.null_weights_result(as_published(ctx, api.PUBLISHED_ARMS), lm, null_lm)
+    record_claim(result)
+    api.check(result)
+
+
+@pytest.mark.parametrize("protocol", list(REDERIVATIONS))
+def test_rederive(protocol, claim, record_claim):
+    result = REDERIVATIONS[protocol](claim)
+    record_claim(result)
+    api.check(result)

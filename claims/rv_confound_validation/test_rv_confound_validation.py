@@ -1,0 +1,46 @@
+"""The R_V confound validation: champions against length-matched and pseudo-recursive prompts as coded,
+token-matched and token-count controls, the source's length correlation, the null-weights check, and the
+published summary checked against itself (re-derivation, no model).
+
+On tiny or random-weight models these tests assert that each result is well formed; on the published weights
+they assert the criteria in claims/rv_confound_validation/claim.toml.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from harness import api
+
+from .protocols import PROTOCOLS, REDERIVATIONS, SCHEMA, as_published
+
+pytestmark = pytest.mark.claim("rv_confound_validation", schema=SCHEMA)
+
+
+@pytest.fixture(scope="module")
+def measured():
+    """Captures shared by this module's protocols: one forward pass per model and prompt set."""
+    return {}
+
+
+@pytest.mark.parametrize("protocol", list(PROTOCOLS))
+def test_rv_confound_validation(protocol, lm, claim, prompt_bank, harness_options, record_claim, measured):
+    ctx = api.TableContext(claim, lm, prompt_bank, harness_options.seed, harness_options.batch_size, measured)
+    result = PROTOCOLS[protocol](ctx)
+    record_claim(result)
+    api.check(result)
+
+
+@pytest.mark.parametrize("protocol", [api.NULL_WEIGHTS_PROTOCOL])
+def test_null(protocol, lm, null_lm, claim, prompt_bank, harness_options, record_claim, measured):
+    ctx = api.TableContext(claim, null_lm, prompt_bank, harness_options.seed, harness_options.batch_size, measured)
+    result = api.null_weights_result(as_published(ctx), lm, null_lm)
+    record_claim(result)
+    api.check(result)
+
+
+@pytest.mark.parametrize("protocol", list(REDERIVATIONS))
+def test_rederive(protocol, claim, record_claim):
+    result = REDERIVATIONS[protocol](claim)
+    record_claim(result)
+    api.check(result)
