@@ -93,12 +93,15 @@ def test_marks_follow_where_the_weights_can_run() -> None:
                      "mistral-7b-v0.1": {"gpu", "xdist_group"}, "mine": {"xdist_group"}}
 
 
+# The default run's models: every tiny stand-in in the registry's order (the sizes of the published ones).
+TINY_DEFAULT = ["tiny-mistral", "tiny-mistral-instruct", "tiny-qwen2", "tiny-qwen2-instruct", "tiny-phi3",
+                "tiny-gemma", "tiny-llama", "tiny-llama-instruct"]
+
+
 @pytest.mark.parametrize(("given", "models", "chosen"), [
-    ({}, ["tiny-mistral", "tiny-mistral-instruct", "tiny-qwen2", "tiny-qwen2-instruct", "tiny-llama",
-          "tiny-llama-instruct"], set()),
+    ({}, TINY_DEFAULT, set()),
     ({"markexpr": "real"}, ["smollm2-135m-instruct"], {"smollm2-135m-instruct"}),
-    ({"markexpr": "not real"}, ["tiny-mistral", "tiny-mistral-instruct", "tiny-qwen2", "tiny-qwen2-instruct",
-                                "tiny-llama", "tiny-llama-instruct"], set()),
+    ({"markexpr": "not real"}, TINY_DEFAULT, set()),
     ({"--model": ["mine=/x"]}, ["mine"], {"mine"}),
     ({"--models": "tiny-llama,mistral-7b-v0.1"}, ["tiny-llama", "mistral-7b-v0.1"], {"mistral-7b-v0.1"}),
 ])
@@ -110,7 +113,11 @@ def test_selected_models(given: dict[str, Any], models: list[str], chosen: set[s
 def test_gpu_default_selects_the_published_models_only() -> None:
     models, chosen = selected_models(fake_config(markexpr="gpu"), load_registry())
     assert "smollm2-135m-instruct" not in models and not any(m.startswith("tiny") for m in models)
-    assert len(models) == 7 and chosen == frozenset()
+    registry = load_registry()
+    published = [m for m, spec in registry.items() if not spec.tiny and not spec.cpu]
+    assert models == published and chosen == frozenset()
+    assert {"mistral-7b-instruct-v0.2", "qwen2.5-7b-instruct", "llama-3.1-8b",
+            "mixtral-8x7b-instruct-v0.1"} <= set(models)
 
 
 # --- the report's label -----------------------------------------------------------------------------------
