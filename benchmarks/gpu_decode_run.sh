@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# Issue 13's GPU run in one command (one H200, about 6 minutes): `bash benchmarks/gpu_decode_run.sh [steps]`.
+# The GPU runs of issues 13 and 14 in one command (one H200, about 6 minutes a step set): `bash benchmarks/gpu_decode_run.sh [steps]`.
 # Steps, in order of priority (default: all): equality speed suite scaling e2e load. Each has its own hard stop,
 # so one that hangs or fails leaves the others their time; everything is logged to $OUT/run.log.
 #   equality  tests/test_decode.py (graph path on the tiny families) and tests/test_decode_fullsize.py (the 7B)
 #             under -m gpu, and tests/test_leaks.py on the GPU          -> equality-junit.xml
 #   speed     benchmarks.decode_speed at batch 40 and 256                -> decode-speed.json
-#   suite     every claim on the 7 published architectures, random weights (pytest -m gpu claims/)
-#                                                                         -> suite-claims.json (durations in run.log)
+#   suite     every claim of the catalogue on every published architecture in the registry (12 models, Mixtral
+#             included), random weights (pytest -m gpu claims/)  -> suite-claims.json, suite-junit.xml (per-test
+#             durations: the null-weights twins' cost beside each as_published), suite-claims.html
 #   e2e       benchmarks/test_bench_e2e.py on Mistral-7B-Instruct-v0.2   -> e2e-ratios.json
 #   scaling   benchmarks.scaling                                         -> scaling.json
 #   load      benchmarks.load_time (a random 7B saved as safetensors)    -> load.json
@@ -47,8 +48,9 @@ for step in $STEPS; do
               timed leaks 45 python3 -m pytest tests/test_leaks.py --device cuda -q "${NOREPORT[@]}" \
                   --claims-json /tmp/leak-claims.json --junitxml /tmp/leak-junit.xml ;;
     speed) timed speed 120 python3 -m benchmarks.decode_speed --out "$OUT/decode-speed.json" ;;
-    suite) timed suite 150 python3 -m pytest -m gpu --weights random claims/ -q --durations=25 "${NOREPORT[@]}" \
-               --claims-json "$OUT/suite-claims.json" --junitxml /tmp/suite-junit.xml ;;
+    suite) timed suite "${SUITE_LIMIT:-420}" python3 -m pytest -m gpu --weights random claims/ -q -rs --durations=40 \
+               -p no:cacheprovider --claims-json "$OUT/suite-claims.json" --claims-html "$OUT/suite-claims.html" \
+               --junitxml "$OUT/suite-junit.xml" ;;
     eager-suite) HARNESS_GENERATION_PATH=eager timed eager-suite 200 python3 -m pytest -m gpu --weights random \
                claims/ -q --durations=25 "${NOREPORT[@]}" --claims-json /tmp/eager-claims.json \
                --junitxml /tmp/eager-junit.xml ;;

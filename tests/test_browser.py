@@ -14,8 +14,9 @@ from cpu_suite import ROOT, SuiteRun, cpu_suite_run
 
 from harness.report.browser import CHROMIUM, INSTALL, PageCheck, chromium, inspect_page
 
-pytestmark = pytest.mark.skipif(chromium() is None,
-                                reason=f"needs Chromium at {CHROMIUM}; install it: {INSTALL}")
+# slow: about 13 s (a browser start and a page render); the CI's slow tier runs it.
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(chromium() is None,
+                                                   reason=f"needs Chromium at {CHROMIUM}; install it: {INSTALL}")]
 
 SCREENSHOT = ROOT / "results" / "claims-page.png"
 

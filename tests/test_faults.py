@@ -162,9 +162,9 @@ def opted_in(config: pytest.Config) -> bool:
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    """Signals: a sample of two points by default (a SIGINT mid-run and a SIGTERM at a seeded-random point),
-    every point of both signals under `-m slow`. The default suite runs `slow` tests too, so the full sweep
-    (minutes on two cores) is opt-in, not merely marked."""
+    """Signals: one point by default (a SIGINT mid-run), every point of both signals under `-m slow` (minutes
+    on two cores: the CI's slow tier). A run that names neither (`-m "not slow"` is the default) samples
+    nothing else: the seeded SIGTERM point below is marked slow too."""
     if metafunc.function.__name__ != "test_a_signal_keeps_the_report_and_a_rerun_completes_it":
         return
     if opted_in(metafunc.config):
@@ -172,7 +172,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
                   for sig in ("SIGINT", "SIGTERM") for kind, index in POINTS]
     else:
         points = [pytest.param("SIGINT", "call", 3, id="SIGINT-call3"),
-                  pytest.param("SIGTERM", *random.Random(SEED).choice(POINTS[1:]), id="SIGTERM-seeded")]
+                  pytest.param("SIGTERM", *random.Random(SEED).choice(POINTS[1:]), id="SIGTERM-seeded",
+                               marks=pytest.mark.slow)]
     metafunc.parametrize(("sig", "kind", "index"), points)
 
 
@@ -205,7 +206,8 @@ def test_a_signal_keeps_the_report_and_a_rerun_completes_it(claims_run: Callable
 
 # ----------------------------------------------------------------------------------- xdist crash --
 
-@pytest.mark.parametrize("restarts", [pytest.param("rerun", marks=pytest.mark.slow), "no-restart"])
+@pytest.mark.parametrize("restarts", [pytest.param("rerun", marks=pytest.mark.slow),
+                                      pytest.param("no-restart", marks=pytest.mark.slow)])
 def test_a_killed_xdist_worker_loses_nothing_else(claims_run: Callable[..., dict[str, Any]], restarts: str,
                                                   record_property: Callable[[str, object], None],
                                                   pytestconfig: pytest.Config) -> None:
@@ -213,7 +215,7 @@ def test_a_killed_xdist_worker_loses_nothing_else(claims_run: Callable[..., dict
     records the crash. With --max-worker-restart 0 nothing reruns it: the test is an error, the worker's queue
     never ran, and every other worker's result is kept."""
     if restarts == "rerun" and not opted_in(pytestconfig):
-        pytest.skip("another xdist run: under -m slow; the default suite runs the no-restart case")
+        pytest.skip("a second xdist run: only when -m slow is asked for by name (the no-restart case runs)")
     extra = ["--max-worker-restart", "0"] if restarts == "no-restart" else []
     got = claims_run({"signal": "SIGKILL", "event": "call", "index": 2}, "-n", "2", "--dist", "loadgroup", *extra)
     assert got["fired"] and got["ret"] == pytest.ExitCode.TESTS_FAILED, got["output"][-3000:]

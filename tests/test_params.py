@@ -9,12 +9,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import pytest
+from plugin_runs import inprocess
 
-from harness import plugin_installed
 from harness.claimkit.params import Schema, describe, matches, validate
 from harness.claimkit.registry import ClaimError, load_claim, load_claims
 
-PLUGIN_ARGS = [] if plugin_installed() else ["-p", "harness.plugin"]
 SCHEMA_MODULES = {
     "rv_contraction": "claims.rv_contraction.protocols",
     "l31_ablation_repetition": "claims.l31_ablation_repetition.protocols",
@@ -99,8 +98,7 @@ def test_the_plugin_stops_at_collection_with_one_message(pytester: pytest.Pytest
                                                          needle: str) -> None:
     """Through the real plugin: the claim folder copied into a project, its TOML broken; one error, no run."""
     edited(copy_claim(pytester.path), old, new)
-    result = pytester.runpytest_subprocess(*PLUGIN_ARGS, "--models", "tiny-llama-instruct", "-p",
-                                           "no:cacheprovider", f"--claims-json={pytester.path / 'c.json'}")
+    result = inprocess(pytester, "--models", "tiny-llama-instruct", f"--claims-json={pytester.path / 'c.json'}")
     output = result.stdout.str() + result.stderr.str()
     errors = output.split("short test summary info")[0]
     assert result.ret != 0 and errors.count(needle) == 1 and output.count("ERROR collecting") == 1, output[-3000:]

@@ -154,6 +154,7 @@ def test_second():
 """
 
 
+@pytest.mark.slow  # a subprocess run; tests/test_faults.py's SIGINT point covers the same in the default suite
 def test_interrupted_run_keeps_finished_results(pytester):
     pytester.makepyfile(RECORDING_TESTS)
     out = pytester.path / "claims.json"
@@ -183,6 +184,7 @@ def test_needs_weights(lm):
 """
 
 
+@pytest.mark.slow  # a subprocess run; test_bad_input.py's GPU run without weights covers the skip by default
 def test_missing_weights_skip_with_the_fix(pytester):
     """Weights not in the cache skip (a bad --model-path is an error instead: test_bad_input.py)."""
     pytester.makepyfile(MODEL_TEST)

@@ -21,6 +21,7 @@ from harness.engine.models import build_tiny
 from harness.engine.specs import get_spec
 
 ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # about 9 s: a subprocess pytest run of a whole claim (the CI's slow tier runs it)
 CLAIM = "rfc_preserved_qwen"
 MODEL = "tiny-qwen2-instruct"
 
