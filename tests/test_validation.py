@@ -3,17 +3,26 @@ one fails, naming the model and the check, on a layout or an engine that does no
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import torch
 
 import harness.engine.architectures as architectures
 import harness.engine.attention as attention
 from harness.engine.models import LoadedModel, load
 from harness.engine.runner import encode
 from harness.engine.specs import get_spec
-from harness.engine.validation import PROMPTS, ModelValidationError, check_batched, check_entropy, validate_model
+from harness.engine.validation import (
+    PROMPTS,
+    ModelValidationError,
+    check_batched,
+    check_entropy,
+    tolerance,
+    validate_model,
+)
 
 pytestmark = pytest.mark.tiny
 
@@ -33,8 +42,38 @@ def test_a_fitting_layout_passes_with_tiny_errors(lm: LoadedModel) -> None:
 
 def test_load_records_the_figures(tmp_path: Path) -> None:
     loaded = load(get_spec("tiny-llama"), cache_dir=tmp_path)
-    assert set(loaded.describe()["validation"]) == {"prompts", "sites_checked", "hidden_states_max_rel_error",
-                                                    "entropy_max_abs_error", "batched_max_rel_error"}
+    assert set(loaded.describe()["validation"]) == {"prompts", "tolerance", "dtype", "sites_checked",
+                                                    "hidden_states_max_rel_error", "entropy_max_abs_error",
+                                                    "batched_max_rel_error"}
+    assert loaded.describe()["validation"]["tolerance"] == tolerance(loaded) == 1e-4
+
+
+@pytest.fixture
+def bf16(lm: LoadedModel) -> Iterator[LoadedModel]:
+    lm.model.to(torch.bfloat16)
+    try:
+        yield lm
+    finally:
+        lm.model.to(torch.float32)
+
+
+def test_the_half_precision_tolerance_follows_the_dtype(bf16: LoadedModel) -> None:
+    """bfloat16 keeps 3 fewer mantissa bits than float16: its tolerance is 8 times wider (32 epsilons)."""
+    assert tolerance(bf16) == 32 * torch.finfo(torch.bfloat16).eps == 0.25
+    figures = validate_model(bf16)
+    assert figures["dtype"] == "bfloat16" and figures["tolerance"] == 0.25
+
+
+def test_left_padding_fails_the_batched_check_in_bfloat16(bf16: LoadedModel) -> None:
+    """The wider tolerance still catches an error of the size of the values (positions shifted by padding). It
+    is blunter than float16's: near-uniform attention (random weights) hides a wrong softmax scale in the
+    entropy check's 0.25, which the float32 check catches (test_a_wrong_entropy_fails_the_entropy_check)."""
+    bf16.tokenizer.padding_side = "left"
+    try:
+        with pytest.raises(ModelValidationError, match=r"failed the batched check on load"):
+            check_batched(bf16)
+    finally:
+        bf16.tokenizer.padding_side = "right"
 
 
 def test_swapped_projections_fail_the_site_shape_check(lm: LoadedModel, monkeypatch: pytest.MonkeyPatch) -> None:
