@@ -44,7 +44,7 @@ def test_load_records_the_figures(tmp_path: Path) -> None:
     loaded = load(get_spec("tiny-llama"), cache_dir=tmp_path)
     assert set(loaded.describe()["validation"]) == {"prompts", "tolerance", "dtype", "sites_checked",
                                                     "hidden_states_max_rel_error", "entropy_max_abs_error",
-                                                    "batched_max_rel_error"}
+                                                    "entropy_layers_checked", "batched_max_rel_error"}
     assert loaded.describe()["validation"]["tolerance"] == tolerance(loaded) == 1e-4
 
 

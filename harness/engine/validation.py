@@ -107,6 +107,10 @@ def _published_entropy(pattern: torch.Tensor, length: int) -> torch.Tensor:
 
 
 def check_entropy(lm: LoadedModel, enc: Encoded) -> dict[str, Any]:
+    """The in-forward entropy against entropies of eager attention patterns, every layer; on a mixture-of-experts
+    model layer 0 only: the second (eager) forward rounds differently, which in half precision tips routers'
+    near-ties and sends later layers down other experts (Mixtral-8x7B in bfloat16 on an H200: 0.19 nats at
+    depth, 2026-12-01), so later layers would compare two different computations."""
     with torch.no_grad(), attention_entropy(lm.model, variants=("published",)) as engine:
         lm.model(input_ids=enc.input_ids, attention_mask=enc.attention_mask)
         published = engine.pop().cpu().published  # (layer, batch, head)
@@ -115,8 +119,9 @@ def check_entropy(lm: LoadedModel, enc: Encoded) -> dict[str, Any]:
     with torch.no_grad(), _eager(lm.model):
         patterns = lm.model(input_ids=enc.input_ids, attention_mask=enc.attention_mask,
                             output_attentions=True).attentions  # each (batch, head, q, k)
+    layers = patterns[:1] if routed(lm) else patterns
     worst = 0.0
-    for layer, pattern in enumerate(patterns):
+    for layer, pattern in enumerate(layers):
         for row, length in enumerate(enc.lengths):
             want = _published_entropy(pattern[row].cpu(), length)
             error = float((published[layer, row].double() - want).abs().max())
@@ -124,7 +129,7 @@ def check_entropy(lm: LoadedModel, enc: Encoded) -> dict[str, Any]:
             if error > tolerance(lm) * max(1.0, float(want.abs().max())):
                 raise _fail(lm, "attention entropy", f"layer {layer}, prompt {row}: in-forward entropy differs "
                             f"from the eager patterns' by {error:.3g} nats")
-    return {"entropy_max_abs_error": worst}
+    return {"entropy_max_abs_error": worst, "entropy_layers_checked": len(layers)}
 
 
 def routed(lm: LoadedModel) -> bool:
