@@ -7,13 +7,16 @@ which format it loaded and the resolved revision: the hub snapshot sha, a direct
 file's sha256.
 
 GGUF files are dequantised by transformers on the CPU (slow: it parses the whole file, converts the tokenizer
-and dequantises every tensor). The first opening of a file in a process saves the dequantised model and its
-tokenizer as safetensors in a temporary directory, kept until the process exits; later openings (another
-pytest session in the same process, a second fixture) read that copy in a fraction of a second.
+and dequantises every tensor; 12 s for SmolLM2-135M). The first opening of a file saves the dequantised model
+and its tokenizer as safetensors in the cache (`gguf_cache_root()`), keyed by the file's sha256, the dtype and
+the transformers version; later openings, in this process or any later one, read that copy in a fraction of
+a second. CLAIM_HARNESS_CACHE=none keeps the copy in a temporary directory removed when the process exits.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -145,9 +148,62 @@ def one_parse_per_file() -> Iterator[None]:
         gguf.GGUFReader = original  # type: ignore[misc]
 
 
+CACHE_ENV = "CLAIM_HARNESS_CACHE"
+_COMPLETE = "claim-harness-complete"  # written last: a copy without it was interrupted and is rebuilt
+
+
+def gguf_cache_root() -> Path | None:
+    """Where dequantised GGUF copies are kept between processes: $CLAIM_HARNESS_CACHE/gguf, else
+    $XDG_CACHE_HOME/claim-harness/gguf, else ~/.cache/claim-harness/gguf; None when CLAIM_HARNESS_CACHE=none."""
+    chosen = os.environ.get(CACHE_ENV)
+    if chosen is not None and chosen.strip().lower() == "none":
+        return None
+    if chosen:
+        return Path(chosen).expanduser() / "gguf"
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "claim-harness" / "gguf"
+
+
 @lru_cache(maxsize=4)
 def dequantised(path: Path, sha256: str, dtype: torch.dtype) -> Path:
-    """A safetensors copy of a GGUF model dequantised to `dtype`, made once per file and process."""
+    """A safetensors copy of a GGUF model dequantised to `dtype`: read from the cache where an earlier process
+    made it, else made once here and moved into the cache whole (a temporary directory where the cache is
+    switched off or cannot be written)."""
+    import transformers
+
+    root = gguf_cache_root()
+    name = f"{sha256}-{str(dtype).removeprefix('torch.')}-transformers-{transformers.__version__}"
+    if root is None:
+        return _process_copy(path, sha256, dtype)
+    if (root / name / _COMPLETE).is_file():
+        return root / name
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        building = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=root))
+    except OSError:  # a cache that cannot be written: this process's own copy
+        return _process_copy(path, sha256, dtype)
+    try:
+        _dequantise(path, dtype, building)
+        (building / _COMPLETE).write_text(f"{path}\n", encoding="utf-8")
+        if not (root / name / _COMPLETE).is_file():
+            shutil.rmtree(root / name, ignore_errors=True)  # an interrupted copy of an earlier process
+            os.replace(building, root / name)
+    except OSError:
+        if not (root / name / _COMPLETE).is_file():  # not another process's finished copy: a real failure
+            raise
+    finally:
+        shutil.rmtree(building, ignore_errors=True)
+    return root / name
+
+
+def _process_copy(path: Path, sha256: str, dtype: torch.dtype) -> Path:
+    kept = tempfile.TemporaryDirectory(prefix=f"claim-harness-gguf-{sha256[:12]}-")
+    _KEPT.append(kept)
+    _dequantise(path, dtype, Path(kept.name))
+    return Path(kept.name)
+
+
+def _dequantise(path: Path, dtype: torch.dtype, out: Path) -> None:
     with one_parse_per_file():
         model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=dtype,
                                                      trust_remote_code=False, attn_implementation="sdpa")
@@ -155,11 +211,8 @@ def dequantised(path: Path, sha256: str, dtype: torch.dtype) -> Path:
     model.hf_quantizer = None  # type: ignore[assignment]  # plain tensors now: the quantizer only forbids saving
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    kept = tempfile.TemporaryDirectory(prefix=f"claim-harness-gguf-{sha256[:12]}-")
-    _KEPT.append(kept)
-    model.save_pretrained(kept.name)
-    tokenizer.save_pretrained(kept.name)
-    return Path(kept.name)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
 
 
 def open_gguf(spec: ModelSpec, path: Path, dtype: torch.dtype, devices: Sequence[str]) -> Opened:
