@@ -262,10 +262,12 @@ def fits(request: pytest.FixtureRequest, bank: PromptBank, claim: Claim, lm: Loa
 @pytest.fixture
 def record_claim(request: pytest.FixtureRequest, record_property: Any) -> Callable[[dict[str, Any]], None]:
     """record_claim(result_dict): hand one protocol result to the report and its scalars to junit."""
-    from harness.report.document import peak_memory
+    from harness.report.document import jsonable, peak_memory
 
     def record(result: dict[str, Any]) -> None:
-        result = {**result, "worker": os.environ.get("PYTEST_XDIST_WORKER", "main"), "resources": peak_memory()}
+        # plain types only: under xdist the result crosses to the controller, whose serialiser refuses numpy
+        result = jsonable({**result, "worker": os.environ.get("PYTEST_XDIST_WORKER", "main"),
+                           "resources": peak_memory()})
         for key, value in result.get("observed", {}).items():
             if isinstance(value, int | float | str | bool):
                 record_property(f"{result['protocol']}.{key}", value)
