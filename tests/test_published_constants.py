@@ -34,7 +34,8 @@ CLAIM_LOGIC = ["harness/analysis/textmetrics.py", "harness/claimkit/rv.py", "har
                "claims/rv_l27_patch_transfer_n45/protocols.py", "claims/l27_critical_heads/protocols.py",
                "harness/claimkit/rvwindows.py", "harness/claimkit/transfer.py", "harness/analysis/markers.py",
                "claims/cross_arch_rv_table/protocols.py", "claims/rv_window_robustness/protocols.py",
-               "claims/rv_confound_validation/protocols.py", "claims/behavior_transfer_n300/protocols.py"]
+               "claims/rv_confound_validation/protocols.py", "claims/behavior_transfer_n300/protocols.py",
+               "harness/claimkit/context.py"]
 STRUCTURAL = {"0", "1", "2", "-1", "0.0", "1.0", "2.0"}
 ALLOWED = {  # (module, literal): why it is not a published figure
     ("harness/analysis/textmetrics.py", "3"): "the calibrated repeated-n-gram metric's default n, this project's",
@@ -42,8 +43,7 @@ ALLOWED = {  # (module, literal): why it is not a published figure
     ("harness/claimkit/gen.py", "32"): "a batch size default",
     ("harness/claimkit/gen.py", "1024"): "a generation batch size default",
     ("harness/claimkit/rvpatch.py", "32"): "a batch size default",
-    ("claims/residual_patch_rv_null/protocols.py", "32"): "a batch size default",
-    ("claims/rv_l27_patch_transfer_n45/protocols.py", "32"): "a batch size default",
+    ("harness/claimkit/context.py", "32"): "a batch size default",
     ("claims/l27_critical_heads/protocols.py", "32"): "a batch size default",
     ("claims/layer_pr_profile/protocols.py", "32"): "a batch size default",
     ("harness/claimkit/rvwindows.py", "32"): "a batch size default",

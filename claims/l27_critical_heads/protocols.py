@@ -9,8 +9,8 @@ input slices and measures R_V at the v_proj of the layers after the ablated one.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -41,22 +41,7 @@ def kv_head_of(dims: api.Dims, columns: slice) -> tuple[int, float, list[int]]:
     return kv, (columns.stop - columns.start) / dims.head_dim, list(range(kv * share, (kv + 1) * share))
 
 
-@dataclass(frozen=True)
-class Context:
-    claim: api.Claim
-    lm: api.LoadedModel
-    bank: api.PromptBank
-    seed: int = 0
-    batch_size: int = 32
-    cache: dict[Hashable, Any] = field(default_factory=dict)
-
-    @property
-    def fmt(self) -> api.PromptFormat:
-        return api.PromptFormat.of(self.claim.protocol)
-
-    def layer(self, published: int) -> int:
-        return api.map_layer(published, self.claim.published_n_layers, self.lm.dims.n_layers)
-
+class Context(api.ModelContext):
     def site(self, layer: int) -> str:
         return f"blocks.{layer}.{self.claim.protocol['site']}"
 
@@ -74,12 +59,6 @@ class Context:
         late = self.layer(self.claim.protocol["late_layer"])
         layers = sorted({self.layer(x) for x in self.claim.protocol["downstream_layers"]} - set(range(late + 1)))
         return [self.site(layer) for layer in layers]
-
-    def cached(self, name: str, build: Callable[[], Any]) -> Any:
-        key = (id(self.lm.model), name)
-        if key not in self.cache:
-            self.cache[key] = build()
-        return self.cache[key]
 
     def r_v(self, edit: api.Edit | None = None, late: list[str] | None = None) -> np.ndarray:
         """R_V per champion prompt with `edit` active: mean PR over `late` (default: v_proj L27) / PR(v, L5)."""

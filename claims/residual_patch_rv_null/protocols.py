@@ -9,8 +9,8 @@ patches a norm-matched random vector instead (the same "no change"); the robustn
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
@@ -25,22 +25,7 @@ SCHEMA = api.Schema(
 )
 
 
-@dataclass(frozen=True)
-class Context:
-    claim: api.Claim
-    lm: api.LoadedModel
-    bank: api.PromptBank
-    seed: int = 0
-    batch_size: int = 32
-    cache: dict[Hashable, Any] = field(default_factory=dict)
-
-    @property
-    def fmt(self) -> api.PromptFormat:
-        return api.PromptFormat.of(self.claim.protocol)
-
-    def layer(self, published: int) -> int:
-        return api.map_layer(published, self.claim.published_n_layers, self.lm.dims.n_layers)
-
+class Context(api.ModelContext):
     def v_site(self, published: int) -> str:
         return f"blocks.{self.layer(published)}.{self.claim.protocol['site']}"
 
@@ -50,12 +35,6 @@ class Context:
         down = self.layer(p["downstream_layer"])
         after = [self.v_site(p["downstream_layer"])] if down > self.layer(p["patch_layer"]) else []
         return [self.v_site(p["early_layer"]), self.v_site(p["late_layer"]), *after]
-
-    def cached(self, name: str, build: Callable[[], Any]) -> Any:
-        key = (id(self.lm.model), name)
-        if key not in self.cache:
-            self.cache[key] = build()
-        return self.cache[key]
 
 
 def source_rows(ctx: Context, layer: int) -> torch.Tensor:

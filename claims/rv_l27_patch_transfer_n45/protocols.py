@@ -14,8 +14,8 @@ the units of the published 117.8%; and the shuffle done within the window, whose
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Hashable
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Literal
 
@@ -42,31 +42,10 @@ class Pair:
     baseline_group: str
 
 
-@dataclass(frozen=True)
-class Context:
-    claim: api.Claim
-    lm: api.LoadedModel
-    bank: api.PromptBank
-    seed: int = 0
-    batch_size: int = 32
-    cache: dict[Hashable, Any] = field(default_factory=dict)
-
-    @property
-    def fmt(self) -> api.PromptFormat:
-        return api.PromptFormat.of(self.claim.protocol)
-
-    def layer(self, published: int) -> int:
-        return api.map_layer(published, self.claim.published_n_layers, self.lm.dims.n_layers)
-
+class Context(api.ModelContext):
     def site(self, published: int) -> str:
         return f"blocks.{self.layer(published)}.{self.claim.protocol['site']}"
 
-    def cached(self, name: str, build: Callable[[], Any]) -> Any:
-        """`build()` once per model (by object: a null-weights twin shares its model's id) and name."""
-        key = (id(self.lm.model), name)
-        if key not in self.cache:
-            self.cache[key] = build()
-        return self.cache[key]
 
 
 def candidate_pairs(ctx: Context) -> tuple[list[Pair], Counter[str]]:
