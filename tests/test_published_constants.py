@@ -44,7 +44,6 @@ ALLOWED = {  # (module, literal): why it is not a published figure
     ("harness/claimkit/gen.py", "1024"): "a generation batch size default",
     ("harness/claimkit/rvpatch.py", "32"): "a batch size default",
     ("harness/claimkit/context.py", "32"): "a batch size default",
-    ("claims/l27_critical_heads/protocols.py", "32"): "a batch size default",
     ("claims/layer_pr_profile/protocols.py", "32"): "a batch size default",
     ("harness/claimkit/rvwindows.py", "32"): "a batch size default",
     ("harness/claimkit/transfer.py", "32"): "a batch size default",
