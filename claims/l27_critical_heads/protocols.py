@@ -20,8 +20,8 @@ from harness import api
 SCHEMA = api.Schema(
     protocol={"early_layer": int, "late_layer": int, "layers": list[int], "downstream_layers": list[int],
               "site": str, "window": int, "champion_category": str, "n_champions": int, "n_random_slices": int,
-              "chat_template": bool, "bos": bool, "dtype": Literal["float16", "bfloat16", "float32"],
-              "control_alpha": float},
+              "sizes": dict[str, dict[str, int]], "chat_template": bool, "bos": bool,
+              "dtype": Literal["float16", "bfloat16", "float32"], "control_alpha": float},
     controls={"gqa_aware": {}, "random_column_slice": {}},
 )
 
@@ -47,7 +47,7 @@ class Context(api.ModelContext):
 
     @property
     def champions(self) -> list[str]:
-        p = self.claim.protocol
+        p = self.params
         return self.bank.category(p["champion_category"])[: p["n_champions"]]
 
     @property
@@ -129,7 +129,8 @@ def _result(ctx: Context, protocol: str, kind: str, criterion: dict[str, Any], o
     layers = {layer: ctx.layer(layer) for layer in ctx.claim.protocol["layers"]}
     return api.protocol_result(ctx.claim, protocol, kind, criterion, observed, lm=ctx.lm, banks=(ctx.bank,),
                                n={"prompts": len(ctx.champions)}, published=published, data=data or {},
-                               notes=(*notes, f"ablated layers (published -> model): {layers}"), **extra)
+                               notes=(*notes, f"ablated layers (published -> model): {layers}", *ctx.size_notes()),
+                               **extra)
 
 
 def gqa_aware(ctx: Context) -> dict[str, Any]:
@@ -169,7 +170,7 @@ def random_column_slice(ctx: Context) -> dict[str, Any]:
     dims = ctx.lm.dims
     width = dims.n_kv_heads * dims.head_dim
     size = max(width // dims.n_heads, 1)
-    ab = slice_deltas(ctx, random_slices(width, size, ctx.claim.protocol["n_random_slices"], ctx.seed), "random")
+    ab = slice_deltas(ctx, random_slices(width, size, ctx.params["n_random_slices"], ctx.seed), "random")
     published = slice_deltas(ctx, _published_slices(ctx), "published")
     late = ctx.claim.protocol["late_layer"]
     top = published.delta[late][ctx.top_head]

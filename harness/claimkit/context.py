@@ -25,6 +25,25 @@ class ModelContext:
     cache: dict[Hashable, Any] = field(default_factory=dict)
 
     @property
+    def params(self) -> dict[str, Any]:
+        """The [protocol] table with its size overrides for this model: `[protocol].sizes.stand_in` on a tiny
+        stand-in, `.cpu` on real weights small enough for the CPU (`-m real`); the published sizes otherwise."""
+        protocol = dict(self.claim.protocol)
+        sizes = protocol.get("sizes", {})
+        tier = "stand_in" if self.lm.spec.tiny else "cpu" if self.lm.spec.cpu else None
+        return {**protocol, **(sizes.get(tier, {}) if tier else {})}
+
+    def size_notes(self) -> tuple[str, ...]:
+        """A note for the report where this model runs smaller sizes than the published protocol's."""
+        published, here = self.claim.protocol, self.params
+        changed = {key: (published[key], value) for key, value in here.items()
+                   if key != "sizes" and published.get(key) != value}
+        if not changed:
+            return ()
+        said = ", ".join(f"{key} {now} (published {then})" for key, (then, now) in sorted(changed.items()))
+        return (f"sized for a protocol check on this model: {said}; [protocol].sizes",)
+
+    @property
     def fmt(self) -> PromptFormat:
         """Raw text or the chat template, BOS on or off, as the claim's [protocol] table says."""
         return PromptFormat.of(self.claim.protocol)
