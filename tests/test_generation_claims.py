@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -29,9 +30,10 @@ PUBLISHED = Path(__file__).resolve().parents[2] / "shared" / "published"
 L31_ID, PATCH_ID = "l31_ablation_repetition", "residual_patch_collapse"
 
 
-def _ctx(claim_id: str, lm: LoadedModel, bank: PromptBank | None = None) -> GenContext:
+def _ctx(claim_id: str, lm: LoadedModel, bank: PromptBank | None = None,
+         cache: dict[Any, Any] | None = None) -> GenContext:
     claim = get_claim(claim_id)
-    return GenContext(claim, lm, bank or bank_for(claim), seed=0)
+    return GenContext(claim, lm, bank or bank_for(claim), seed=0, cache={} if cache is None else cache)
 
 
 @given(st.text(min_size=1).filter(lambda text: bool(text.split())))
@@ -122,3 +124,34 @@ def test_published_figures_match_the_published_data(claim_id: str, section_keys:
         assert claim.published[ours] == section[theirs]
     if claim_id == PATCH_ID:
         assert claim.protocol["layers"] == section["layers_tested"]
+
+
+def test_keyed_runs_are_generated_once_and_equal_a_fresh_batch(tiny_lm: LoadedModel,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """GenContext.run_keyed: a condition another protocol generated on the same prompts is reused, only the
+    missing ones run, and a reused run equals the same condition generated in a different batch."""
+    from harness.engine.interventions import zero_attention_output
+
+    def ablate(_batch, index):  # type: ignore[no-untyped-def]
+        return zero_attention_output(tiny_lm.model, 1, rows=index >= 0)
+
+    calls: list[tuple[str, ...]] = []
+    original = GenContext.run
+
+    def counted(self, *conditions):  # type: ignore[no-untyped-def]
+        calls.append(tuple(c.name for c in conditions))
+        return original(self, *conditions)
+
+    monkeypatch.setattr(GenContext, "run", counted)
+    shared: dict = {}
+    ctx = _ctx(L31_ID, tiny_lm, cache=shared)
+    prompts = ctx.prompts([ctx.claim.protocol["prompt_category"]], 3)
+    first = ctx.run_keyed(prompts, {"normal": None})
+    both = _ctx(L31_ID, tiny_lm, cache=shared).run_keyed(prompts, {"normal": None, "ablate 1": ablate})
+    assert calls == [("normal",), ("ablate 1",)]  # the second protocol generated only what was missing
+    assert both["normal"] is first["normal"]
+    fresh = _ctx(L31_ID, tiny_lm).run_keyed(prompts, {"normal": None, "ablate 1": ablate})  # its own cache
+    assert [g.generated_ids for g in fresh["normal"].generations] == \
+        [g.generated_ids for g in first["normal"].generations]
+    assert [g.generated_ids for g in fresh["ablate 1"].generations] == \
+        [g.generated_ids for g in both["ablate 1"].generations]

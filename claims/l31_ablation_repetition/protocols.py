@@ -29,7 +29,7 @@ from harness.claimkit.gen import (
     result,
 )
 from harness.claimkit.params import DType, Schema
-from harness.engine.generation import Condition, Generation, GenerationRun, RowEdit
+from harness.engine.generation import Generation, GenerationRun, RowEdit
 from harness.engine.interventions import zero_attention_output
 
 _METRIC = {"metric": str}
@@ -57,9 +57,9 @@ def _ablation(ctx: GenContext, layer: int) -> RowEdit:
 
 
 def _runs(ctx: GenContext, prompts: Sequence[str], layers: Sequence[int]) -> dict[str, GenerationRun]:
-    """Normal generations and one ablated run per layer (named by the layer), in one batched run."""
-    return ctx.run(Condition("normal", prompts), *(Condition(str(layer), prompts, _ablation(ctx, layer))
-                                                    for layer in layers))
+    """Normal generations and one ablated run per layer (named by the layer), batched; a condition another
+    protocol of this module already generated on the same prompts is reused (GenContext.run_keyed)."""
+    return ctx.run_keyed(prompts, {"normal": None, **{str(layer): _ablation(ctx, layer) for layer in layers}})
 
 
 def _both(ctx: GenContext, prompts: Sequence[str]) -> tuple[GenerationRun, GenerationRun, int]:
@@ -230,10 +230,10 @@ def prompt_specificity(ctx: GenContext) -> dict[str, Any]:
         return inconclusive(ctx, "control:prompt_specificity", {"recursive": len(rec), "non_recursive": len(non)},
                             "each group needs 2 prompts")
     layer = ctx.layer(ctx.claim.protocol["layer"])
-    runs = ctx.run(Condition("normal", [*rec, *non]), Condition("ablated", [*rec, *non], _ablation(ctx, layer)))
     metric, spec = control["metric"], EffectSpec.of(ctx.claim, "prompt_specificity")
-    rise = np.asarray(_repetition(runs["ablated"], metric)) - np.asarray(_repetition(runs["normal"], metric))
-    rise_rec, rise_non = list(rise[: len(rec)]), list(rise[len(rec):])
+    rise_rec, rise_non = ([a - b for a, b in zip(_repetition(runs[str(layer)], metric),
+                                                 _repetition(runs["normal"], metric), strict=True)]
+                          for runs in (_runs(ctx, rec, [layer]), _runs(ctx, non, [layer])))
     stated = two_sample_effect(spec, rise_rec, rise_non)
     by_group = {name: stats.mean_ci(values, spec.confidence).as_dict()
                 for name, values in (("recursive", rise_rec), ("non_recursive", rise_non))}

@@ -18,9 +18,15 @@ from .protocols import PROTOCOLS, SCHEMA, as_published
 pytestmark = pytest.mark.claim("l31_ablation_repetition", schema=SCHEMA)
 
 
+@pytest.fixture(scope="module")
+def generated():
+    """Generations shared by this module's protocols (the same prompts, normal or ablated at one layer)."""
+    return {}
+
+
 @pytest.mark.parametrize("protocol", list(PROTOCOLS))
-def test_l31_ablation_repetition(protocol, lm, claim, prompt_bank, harness_options, record_claim):
-    ctx = GenContext(claim, lm, prompt_bank, harness_options.seed, harness_options.batch_size)
+def test_l31_ablation_repetition(protocol, lm, claim, prompt_bank, harness_options, record_claim, generated):
+    ctx = GenContext(claim, lm, prompt_bank, harness_options.seed, harness_options.batch_size, cache=generated)
     result = PROTOCOLS[protocol](ctx)
     record_claim(result)
     check(result)

@@ -21,7 +21,7 @@ from harness.claimkit.prompts import PromptBank
 from harness.claimkit.registry import Claim, Criterion
 from harness.claimkit.results import protocol_result
 from harness.engine.formatting import PromptFormat
-from harness.engine.generation import Condition, GenerationRun, Intervention, generate, generate_conditions
+from harness.engine.generation import Condition, GenerationRun, Intervention, RowEdit, generate, generate_conditions
 from harness.engine.models import LoadedModel
 from harness.engine.sites import map_layer
 
@@ -37,6 +37,7 @@ class GenContext:
     batch_size: int = 32  # prompts per forward pass (source captures), as --claim-batch-size
     generate_batch_size: int = 1024  # rows per generate call: each holds only prompt + new tokens of KV cache
     paths: list[dict[str, Any]] = field(default_factory=list)  # how each generated batch ran (PathRecord dicts)
+    cache: dict[Any, Any] = field(default_factory=dict)  # generations shared by a module's protocols (run_keyed)
 
     @property
     def fmt(self) -> PromptFormat:
@@ -64,6 +65,24 @@ class GenContext:
                                    batch_size=self.generate_batch_size, fmt=self.fmt)
         self.paths.extend({id(p): p for run in runs.values() for p in run.paths}.values())
         return runs
+
+    def run_keyed(self, prompts: Sequence[str],
+                  conditions: Mapping[str, RowEdit | None]) -> dict[str, GenerationRun]:
+        """`run` for conditions named by what they do (e.g. "normal", "ablate 29"), each generated once per model
+        and prompt list for all the protocols that share `cache`: greedy rows do not depend on what else is in
+        the batch, so a condition another protocol already generated is taken as it was, and only the missing
+        ones run, together. The paths of the batches that made each run are recorded again for this protocol."""
+        def key(name: str) -> tuple[Any, ...]:
+            return id(self.lm.model), tuple(prompts), name
+
+        missing = [name for name in conditions if key(name) not in self.cache]
+        if missing:
+            made = self.run(*(Condition(name, prompts, conditions[name]) for name in missing))
+            self.cache.update({key(name): made[name] for name in missing})
+        found = {name: self.cache[key(name)] for name in conditions}
+        if not missing:
+            self.paths.extend({id(p): p for run in found.values() for p in run.paths}.values())
+        return found
 
 
 def published_figures(claim: Claim) -> dict[str, Any]:
