@@ -8,7 +8,8 @@ claim built from them. The pytest fixtures a claim test takes (`lm`, `claim`, `p
 Claims and results
     Claim, ClaimError, load_claim: a claim folder's claim.toml, validated.
     ModelContext: what a claim's protocols share on one model (claim, model, bank, seed, batch size, a cache;
-        the layer map and the prompt format); subclass it with the claim's sites.
+        the layer map and the prompt format); subclass it with the claim's sites. Its `params`, `control(name)`
+        and `size_notes()` apply a table's `sizes` (smaller runs on tiny stand-ins and on CPU real weights).
     evaluate: a criterion ({metric: {op: value}}) on observed values: holds, fails, or None (not evaluable).
     Schema, DType: the types of a claim's [protocol] and [controls.<name>] keys; hand it to the marker,
         `pytest.mark.claim("<id>", schema=SCHEMA)`, and claim.toml is checked against it at collection.

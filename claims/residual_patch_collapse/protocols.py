@@ -48,7 +48,7 @@ SCHEMA = Schema(
         "non_recursive_source": {"recursive_category": str, "non_recursive_category": str,
                                  "target_categories": list[str], "n_resamples": int},
         "grid": {"source_category": str, "target_categories": list[str], "n_sources": int, "n_targets": int,
-                 "n_resamples": int},
+                 "n_resamples": int, "sizes": dict[str, dict[str, int]]},
         "prefill_only": {**_TARGETS, "mode": Literal["all_calls", "prefill_only", "decode_only"]},
         "no_position_0": {**_TARGETS, "include_position_0": bool},
         "argmax_token": {**_TARGETS, "pinned_fraction": float},
@@ -197,7 +197,8 @@ def per_target(outcomes: Sequence[Outcome], targets: Sequence[str], count: Any =
 
 
 def _over_unpatched(ctx: GenContext, name: str, patched: list[list[float]], unpatched: list[float],
-                    extra: dict[str, Any], n: dict[str, int], data: dict[str, Any]) -> dict[str, Any]:
+                    extra: dict[str, Any], n: dict[str, int], data: dict[str, Any],
+                    notes: tuple[str, ...] = ()) -> dict[str, Any]:
     """A control whose effect is each target's patched collapse rate minus its own unpatched collapse, averaged
     over targets, with the within-target permutation interval (exact at no effect, also for rare collapses)."""
     n_resamples = ctx.claim.control(name).get("n_resamples", ctx.claim.protocol["n_resamples"])
@@ -206,7 +207,7 @@ def _over_unpatched(ctx: GenContext, name: str, patched: list[list[float]], unpa
     tests = {"within_target_permutation": {"n_resamples": n_resamples, "seed": ctx.seed,
                                            "interval": "estimate minus the quantiles of the permutation null"}}
     return result(ctx, f"control:{name}", control_criterion(ctx, name), observed, n=n, tests=tests,
-                  data=data, effect=stated.effect, n_needed=stated.n_needed)
+                  data=data, notes=notes, effect=stated.effect, n_needed=stated.n_needed)
 
 
 def as_published(ctx: GenContext) -> dict[str, Any]:
@@ -291,7 +292,7 @@ def non_recursive_source(ctx: GenContext) -> dict[str, Any]:
 
 def grid(ctx: GenContext) -> dict[str, Any]:
     """Many recursive sources x many targets, each target against its own unpatched collapse."""
-    control = ctx.claim.control("grid")
+    control = ctx.control("grid")  # smaller on SmolLM2 on the CPU: [controls.grid].sizes
     rec = ctx.prompts([control["source_category"]], control["n_sources"])
     targets = ctx.prompts(control["target_categories"], control["n_targets"])
     if len(rec) < control["n_sources"] or len(targets) < control["n_targets"]:
@@ -308,7 +309,8 @@ def grid(ctx: GenContext) -> dict[str, Any]:
     data = {"sources": rec, "unpatched": [g.full_text for g in runs.unpatched], "hook_calls": runs.calls["grid"],
             "generations": [o.row(full_text=False) for o in outcomes]}
     return _over_unpatched(ctx, "grid", per_target(outcomes, targets), base, extra,
-                           {"sources": len(rec), "targets": len(targets), "layers": len(layers(ctx))}, data)
+                           {"sources": len(rec), "targets": len(targets), "layers": len(layers(ctx))}, data,
+                           ctx.size_notes("grid"))
 
 
 def _variant(ctx: GenContext, name: str) -> dict[str, Any]:

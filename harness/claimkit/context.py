@@ -1,6 +1,7 @@
 """What a claim's protocols share about one run on one model: the claim, the model, its prompt bank, the seed,
 the batch size and a cache the module's protocols share (a fixture's dict), with the published-to-model layer
-map and the prompt format the claim's [protocol] table names. Claims subclass it with their own sites."""
+map, the prompt format the claim's [protocol] table names, and the smaller sizes a table may give for runs that
+only check the protocol (`Sized`). Claims subclass ModelContext with their own sites."""
 
 from __future__ import annotations
 
@@ -15,33 +16,57 @@ from harness.engine.models import LoadedModel
 from harness.engine.sites import map_layer
 
 
+def _tier(lm: LoadedModel) -> str | None:
+    """Which `sizes` entry applies: `stand_in` on a tiny model, `cpu` on real weights small enough for the CPU."""
+    return "stand_in" if lm.spec.tiny else "cpu" if lm.spec.cpu else None
+
+
+def _sized(table: dict[str, Any], lm: LoadedModel) -> dict[str, Any]:
+    tier = _tier(lm)
+    return {**table, **(table.get("sizes", {}).get(tier, {}) if tier else {})}
+
+
+def _changes(published: dict[str, Any], here: dict[str, Any], where: str) -> list[str]:
+    return [f"{where}{key} {value} (published {published[key]})" for key, value in sorted(here.items())
+            if key != "sizes" and published.get(key) != value]
+
+
+class Sized:
+    """`sizes` overrides of a claim's [protocol] and [controls.<name>] tables for smaller runs: a table's
+    `sizes = { stand_in = {...}, cpu = {...} }` applies on tiny stand-ins and on CPU real weights (`-m real`);
+    published models (and any GPU model) run the published sizes. Needs `claim` and `lm` attributes."""
+
+    claim: Claim
+    lm: LoadedModel
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """The [protocol] table with its size overrides for this model."""
+        return _sized(dict(self.claim.protocol), self.lm)
+
+    def control(self, name: str) -> dict[str, Any]:
+        """The [controls.<name>] table with its size overrides for this model."""
+        return _sized(dict(self.claim.control(name)), self.lm)
+
+    def size_notes(self, *controls: str) -> tuple[str, ...]:
+        """A note for the report where this model runs smaller sizes than the published ones ([protocol], and
+        the named controls)."""
+        said = _changes(dict(self.claim.protocol), self.params, "")
+        for name in controls:
+            said += _changes(dict(self.claim.control(name)), self.control(name), f"{name}.")
+        if not said:
+            return ()
+        return (f"sized for a protocol check on this model: {', '.join(said)}; the tables' `sizes`",)
+
+
 @dataclass(frozen=True)
-class ModelContext:
+class ModelContext(Sized):
     claim: Claim
     lm: LoadedModel
     bank: PromptBank
     seed: int = 0
     batch_size: int = 32
     cache: dict[Hashable, Any] = field(default_factory=dict)
-
-    @property
-    def params(self) -> dict[str, Any]:
-        """The [protocol] table with its size overrides for this model: `[protocol].sizes.stand_in` on a tiny
-        stand-in, `.cpu` on real weights small enough for the CPU (`-m real`); the published sizes otherwise."""
-        protocol = dict(self.claim.protocol)
-        sizes = protocol.get("sizes", {})
-        tier = "stand_in" if self.lm.spec.tiny else "cpu" if self.lm.spec.cpu else None
-        return {**protocol, **(sizes.get(tier, {}) if tier else {})}
-
-    def size_notes(self) -> tuple[str, ...]:
-        """A note for the report where this model runs smaller sizes than the published protocol's."""
-        published, here = self.claim.protocol, self.params
-        changed = {key: (published[key], value) for key, value in here.items()
-                   if key != "sizes" and published.get(key) != value}
-        if not changed:
-            return ()
-        said = ", ".join(f"{key} {now} (published {then})" for key, (then, now) in sorted(changed.items()))
-        return (f"sized for a protocol check on this model: {said}; [protocol].sizes",)
 
     @property
     def fmt(self) -> PromptFormat:

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from harness.analysis import stats
+from harness.claimkit.context import Sized
 from harness.claimkit.declare import protocol_kind
 from harness.claimkit.prompts import PromptBank
 from harness.claimkit.registry import Claim, Criterion
@@ -27,7 +28,7 @@ from harness.engine.sites import map_layer
 
 
 @dataclass(frozen=True)
-class GenContext:
+class GenContext(Sized):
     """What every generation protocol needs."""
 
     claim: Claim
