@@ -211,3 +211,24 @@ def test_an_error_inside_a_hook_during_generate_leaves_no_hook(tiny_lm: LoadedMo
     with pytest.raises(ValueError, match="prompt_mask"):
         generate(tiny_lm, PROMPTS, NEW_TOKENS, intervention=bad)
     assert hook_count(tiny_lm.model) == 0
+
+
+def test_a_mixture_of_experts_model_is_never_recorded_into_a_graph(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a CUDA device a routed model runs the static loop (no capture attempt: a failed one broke the CUDA
+    generator for the rest of the run on Mixtral); a dense model plans the graph; on the CPU both run eager."""
+    from types import SimpleNamespace
+
+    from harness.engine import decode
+    from harness.engine.generation import _plan
+
+    monkeypatch.setattr(decode, "unsupported", lambda *args: None)
+
+    def lm(device: str, experts: int | None) -> Any:
+        config = SimpleNamespace(num_local_experts=experts, num_experts=None)
+        return SimpleNamespace(device=torch.device(device), model=SimpleNamespace(config=config))
+
+    batch = SimpleNamespace(width=8)
+    path, why = _plan(lm("cuda", 8), batch, 4, True, "auto")  # type: ignore[arg-type]
+    assert path == "static" and why is not None and "mixture-of-experts" in why
+    assert _plan(lm("cuda", None), batch, 4, True, "auto") == ("graph", None)  # type: ignore[arg-type]
+    assert _plan(lm("cpu", 8), batch, 4, True, "auto")[0] == "eager"  # type: ignore[arg-type]

@@ -37,6 +37,7 @@ from harness.engine import decode
 from harness.engine.formatting import RAW, PromptFormat
 from harness.engine.hooks import CallLog
 from harness.engine.models import LoadedModel
+from harness.engine.validation import routed
 
 PATHS = ("auto", "eager", "static", "graph")
 PATH_VARIABLE = "HARNESS_GENERATION_PATH"
@@ -197,6 +198,10 @@ def _plan(lm: LoadedModel, batch: PromptBatch, max_new_tokens: int, use_cache: b
         return "static", "static path asked for"
     if lm.device.type != "cuda":
         return "eager", f"CUDA graphs need a CUDA device; the model is on {lm.device.type}"
+    if routed(lm):
+        return "static", ("a mixture-of-experts model: its routing is not recorded into a CUDA graph (the attempt "
+                          "fails, and a failed recording left the CUDA generator unusable for the rest of the "
+                          "process: Mixtral-8x7B on an H200, 2026-12-01)")
     return "graph", None
 
 
