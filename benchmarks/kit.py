@@ -16,22 +16,27 @@ import torch
 
 from benchmarks.measure import Memory, Timed, peak_memory, synchronize, watch_memory
 from benchmarks.ratios import BASELINES, METRICS, Measurement, RatioBook
-from harness.claimkit.prompts import PROMPTS_DIR, load_bank
+from harness.claimkit.prompts import PROMPTS_DIR, bank_for, load_bank
+from harness.claimkit.registry import get_claim, load_claims
 from harness.engine.models import LoadedModel
 from harness.engine.runner import token_counts
 
 CAPTURE_BATCH = 40  # issue 5: a batch of 40 prompts around 24 tokens
 CAPTURE_TOKENS = 24
 MIXED_PROMPTS = 120  # issue 5: 120 prompts of mixed lengths
-MIXED_BANK = "rv_contraction"
+MIXED_BANK = "rv_contraction"  # the bank of this claim (its folder's prompts.toml)
 Session = Callable[[], AbstractContextManager[Any]]  # opened around the timed calls; fn gets what it yields
 
 
-def bank_prompts(bank: str | None = None) -> list[str]:
-    """The distinct prompts of one bank of fixtures/prompts, or of every bank, in file order."""
-    paths = [PROMPTS_DIR / f"{bank}.toml"] if bank else sorted(PROMPTS_DIR.glob("*.toml"))
-    prompts = [p for path in paths for ps in load_bank(path).categories.values() for p in ps]
-    return list(dict.fromkeys(prompts))
+def bank_prompts(claim: str | None = None) -> list[str]:
+    """The distinct prompts of one claim's bank, or of every bank (the claims' and the shared ones of
+    fixtures/prompts), in order."""
+    if claim:
+        banks = [bank_for(get_claim(claim))]
+    else:
+        banks = [bank_for(c) for c in load_claims().values() if c.prompt_bank]
+        banks += [load_bank(path) for path in sorted(PROMPTS_DIR.glob("*.toml"))]
+    return list(dict.fromkeys(p for bank in banks for ps in bank.categories.values() for p in ps))
 
 
 def prompts_near(lm: LoadedModel, n: int = CAPTURE_BATCH, tokens: int = CAPTURE_TOKENS) -> list[str]:
