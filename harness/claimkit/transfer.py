@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+from harness.claimkit.context import Sized
 from harness.claimkit.gen import merged_calls
 from harness.claimkit.prompts import PromptBank
 from harness.claimkit.registry import Claim
@@ -141,7 +142,7 @@ def kv_edit(source: KVRows, of: torch.Tensor) -> CacheEdit:
 
 
 @dataclass
-class TransferContext:
+class TransferContext(Sized):
     """One model's pairs, source captures and seed-matched arms, cached across the protocols of a module."""
 
     claim: Claim
@@ -150,14 +151,6 @@ class TransferContext:
     seed: int = 0
     batch_size: int = 32
     cache: dict[Any, Any] = field(default_factory=dict)
-
-    @property
-    def params(self) -> dict[str, Any]:
-        """The protocol, with the size overrides for tiny stand-ins (`stand_in`) or CPU real weights (`cpu`)."""
-        p = dict(self.claim.protocol)
-        sizes = p.get("sizes", {})
-        tier = "stand_in" if self.lm.spec.tiny else "cpu" if self.lm.spec.cpu else None
-        return {**p, **(sizes.get(tier, {}) if tier else {})}
 
     @property
     def fmt(self) -> PromptFormat:
