@@ -147,8 +147,11 @@ def test_keyed_runs_are_generated_once_and_equal_a_fresh_batch(tiny_lm: LoadedMo
     ctx = _ctx(L31_ID, tiny_lm, cache=shared)
     prompts = ctx.prompts([ctx.claim.protocol["prompt_category"]], 3)
     first = ctx.run_keyed(prompts, {"normal": None})
-    both = _ctx(L31_ID, tiny_lm, cache=shared).run_keyed(prompts, {"normal": None, "ablate 1": ablate})
+    second = _ctx(L31_ID, tiny_lm, cache=shared)
+    both = second.run_keyed(prompts, {"normal": None, "ablate 1": ablate})
     assert calls == [("normal",), ("ablate 1",)]  # the second protocol generated only what was missing
+    # its report still names how every run it used was made: the reused one's batches and its own
+    assert all(any(p is q for q in second.paths) for p in first["normal"].paths + both["ablate 1"].paths)
     assert both["normal"] is first["normal"]
     fresh = _ctx(L31_ID, tiny_lm).run_keyed(prompts, {"normal": None, "ablate 1": ablate})  # its own cache
     assert [g.generated_ids for g in fresh["normal"].generations] == \

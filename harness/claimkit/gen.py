@@ -77,13 +77,12 @@ class GenContext(Sized):
             return id(self.lm.model), tuple(prompts), name
 
         missing = [name for name in conditions if key(name) not in self.cache]
-        if missing:
+        reused = {name: self.cache[key(name)] for name in conditions if name not in missing}
+        self.paths.extend({id(p): p for run in reused.values() for p in run.paths}.values())
+        if missing:  # `run` records the paths of what it makes
             made = self.run(*(Condition(name, prompts, conditions[name]) for name in missing))
             self.cache.update({key(name): made[name] for name in missing})
-        found = {name: self.cache[key(name)] for name in conditions}
-        if not missing:
-            self.paths.extend({id(p): p for run in found.values() for p in run.paths}.values())
-        return found
+        return {name: self.cache[key(name)] for name in conditions}
 
 
 def published_figures(claim: Claim) -> dict[str, Any]:
