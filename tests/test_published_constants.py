@@ -46,7 +46,6 @@ ALLOWED = {  # (module, literal): why it is not a published figure
     ("harness/claimkit/context.py", "32"): "a batch size default",
     ("claims/layer_pr_profile/protocols.py", "32"): "a batch size default",
     ("harness/claimkit/rvwindows.py", "32"): "a batch size default",
-    ("harness/claimkit/transfer.py", "32"): "a batch size default",
     ("claims/cross_arch_rv_table/protocols.py", "100"): "a fraction written as a percentage, as the source states it",
     ("claims/rv_window_robustness/protocols.py", "100"): "a fraction written as a percentage, as the source states it",
     ("claims/rv_confound_validation/protocols.py", "3"): "the fewest values a correlation is computed from",

@@ -19,14 +19,13 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
 
 from harness.analysis.metrics import participation_ratio, r_v
-from harness.claimkit.prompts import PromptBank
-from harness.claimkit.registry import Claim
+from harness.claimkit.context import ModelContext
 from harness.claimkit.rv import RVRun
 from harness.engine.formatting import RAW, PromptFormat
 from harness.engine.models import LoadedModel
@@ -182,7 +181,7 @@ def matched_spans(lm: LoadedModel, targets: Sequence[str], passages: Sequence[st
 
 
 @dataclass(frozen=True)
-class TableContext:
+class TableContext(ModelContext):
     """What an R_V table protocol needs: the claim, the model, its bank, and a cache shared by the protocols of
     one test module (one capture per model and prompt set, whatever number of protocols reads it).
 
@@ -190,17 +189,6 @@ class TableContext:
     early layer is then an index on every model) or `late_layer` (both published layers mapped by relative
     depth, as `map_layer` does), `site`, and the prompt format (`chat_template`, `bos`).
     """
-
-    claim: Claim
-    lm: LoadedModel
-    bank: PromptBank
-    seed: int = 0
-    batch_size: int = 32
-    cache: dict[Any, Any] = field(default_factory=dict)
-
-    @property
-    def fmt(self) -> PromptFormat:
-        return PromptFormat.of(self.claim.protocol)
 
     @property
     def layers(self) -> tuple[int, int]:

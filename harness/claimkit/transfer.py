@@ -23,15 +23,13 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from harness.claimkit.context import Sized
+from harness.claimkit.context import ModelContext
 from harness.claimkit.gen import merged_calls
-from harness.claimkit.prompts import PromptBank
-from harness.claimkit.registry import Claim
 from harness.claimkit.rvwindows import Matched, matched_spans
 from harness.engine.formatting import PromptFormat
 from harness.engine.generation import PromptBatch, RowEdit
@@ -40,7 +38,6 @@ from harness.engine.kvsurgery import KVRows, replace_last
 from harness.engine.models import LoadedModel
 from harness.engine.runner import Window, forward_capture
 from harness.engine.sampling import CacheEdit, SampledCondition, SampledRun, sample_conditions
-from harness.engine.sites import map_layer
 
 ARMS = ("baseline", "transfer", "random", "wrong_layer", "kv_only", "v_fires", "kv_nonrecursive")
 AS_PUBLISHED = ("baseline", "transfer", "random", "wrong_layer")
@@ -141,23 +138,9 @@ def kv_edit(source: KVRows, of: torch.Tensor) -> CacheEdit:
     return edit
 
 
-@dataclass
-class TransferContext(Sized):
+@dataclass(frozen=True)
+class TransferContext(ModelContext):
     """One model's pairs, source captures and seed-matched arms, cached across the protocols of a module."""
-
-    claim: Claim
-    lm: LoadedModel
-    bank: PromptBank
-    seed: int = 0
-    batch_size: int = 32
-    cache: dict[Any, Any] = field(default_factory=dict)
-
-    @property
-    def fmt(self) -> PromptFormat:
-        return PromptFormat.of(self.claim.protocol)
-
-    def layer(self, published: int) -> int:
-        return map_layer(published, self.claim.published_n_layers, self.lm.dims.n_layers)
 
     def pairs(self) -> list[tuple[str, str]]:
         p = self.params
