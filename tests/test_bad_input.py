@@ -28,8 +28,26 @@ def output(result: pytest.RunResult) -> str:
     return "\n".join(result.outlines + result.errlines)
 
 
+def own_output(text: str) -> str:
+    """The output up to pytest's short test summary (see said_once)."""
+    return text.split("short test summary info", 1)[0]
+
+
 def said_once(text: str, needle: str) -> None:
-    assert text.count(needle) == 1, f"{needle!r} said {text.count(needle)} times in:\n{text[-3000:]}"
+    """`needle` is in the run's own output once. pytest's short test summary is left out: it repeats each
+    error's first line, in full when the CI variable is set and cut to the terminal's width when not."""
+    own = own_output(text)
+    assert own.count(needle) == 1, f"{needle!r} said {own.count(needle)} times in:\n{own[-3000:]}"
+
+
+@pytest.fixture(params=["ci", "terminal"])
+def ci_or_terminal(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Runs a test with and without the CI variable, which changes how pytest prints its summary."""
+    if request.param == "ci":
+        monkeypatch.setenv("CI", "1")
+    else:
+        for name in ("CI", "BUILD_NUMBER"):
+            monkeypatch.delenv(name, raising=False)
 
 
 # ------------------------------------------------------------------------ a run that runs no claim --
@@ -80,6 +98,7 @@ def test_a_bad_prompt_bank_is_one_error_at_collection(pytester: pytest.Pytester,
 
 # --------------------------------------------------------------------------------- long prompts --
 
+@pytest.mark.usefixtures("ci_or_terminal")
 def test_a_prompt_longer_than_the_model_is_refused_before_any_forward(pytester: pytest.Pytester,
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     forwards: list[int] = []
@@ -205,6 +224,7 @@ def test_a_bad_model_path_is_a_usage_error_saying_what_is_wrong(pytester: pytest
     said_once(output(result), f"--model-path {PUBLISHED}={path}: {says}")
 
 
+@pytest.mark.usefixtures("ci_or_terminal")
 def test_a_model_path_that_does_not_load_is_an_error_said_once(pytester: pytest.Pytester) -> None:
     """A directory that looks right but holds broken weights: an error (not a skip), in full at the first test."""
     demo_claim(pytester.path, with_weights=True)
@@ -214,7 +234,7 @@ def test_a_model_path_that_does_not_load_is_an_error_said_once(pytester: pytest.
     result.assert_outcomes(errors=3)
     text = output(result)
     said_once(text, f"--model-path {PUBLISHED}={path}: the model there does not load (SafetensorError")
-    assert text.count(f"{PUBLISHED} did not load; the error is given once per run, at") == 2
+    assert own_output(text).count(f"{PUBLISHED} did not load; the error is given once per run, at") == 2
     assert "Traceback" not in text
 
 
