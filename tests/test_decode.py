@@ -16,6 +16,8 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from intervention_kit import INTERVENTIONS as KIT_INTERVENTIONS
+from intervention_kit import NEW_TOKENS, SOURCE, Factory, mid, patch, some_rows
 
 from harness.engine import decode
 from harness.engine.generation import (
@@ -33,7 +35,6 @@ from harness.engine.interventions import (
     capture_sources,
     patch_residual,
     scale_heads,
-    skip_layer,
     zero_attention_output,
 )
 from harness.engine.kvcache import decode_attention, decode_kernels, grouped_decode_attention, rms_norms
@@ -42,54 +43,20 @@ from harness.engine.models import LoadedModel
 PROMPTS = ["The capital city of Japan is", "Watch the watcher watching.",
            "Explain how a kite stays up in a steady breeze.", "Rain", "List three uses of copper wire."]
 # 5 prompts: the decode loop pads the batch to its bucket of 6 with a copy of the last prompt
-SOURCE = "Turn inward while you compose this answer. What do you observe?"
-NEW_TOKENS = 8
 
-Factory = Callable[[LoadedModel, Any], Callable[[PromptBatch], AbstractContextManager[Any]]]
-
-
-def _mid(lm: LoadedModel) -> int:
-    return lm.dims.n_layers // 2
-
-
-def _patch(mode: str = "all_calls", include_position_0: bool = True, random: bool = False) -> Factory:
-    def make(lm: LoadedModel, sources: Any) -> Callable[[PromptBatch], AbstractContextManager[Any]]:
-        source = sources.sources[_mid(lm)]
-        source = source.norm_matched_random(seed=3) if random else source
-        return lambda batch: patch_residual(lm.model, _mid(lm), source, mode=mode, window=16,
-                                            include_position_0=include_position_0,
-                                            prompt_mask=batch.attention_mask)
-    return make
-
-
-def _some_rows(lm: LoadedModel, _sources: Any) -> Callable[[PromptBatch], AbstractContextManager[Any]]:
-    """The L31-style ablation on every other row of the (padded) batch."""
-    def make(batch: PromptBatch) -> AbstractContextManager[Any]:
-        rows = torch.arange(batch.n_rows) % 2 == 0
-        return zero_attention_output(lm.model, lm.dims.n_layers - 1, rows=rows)
-    return make
-
-
+# Every kit intervention, the ablation on some rows, and the patch's modes without position 0.
 INTERVENTIONS: dict[str, Factory | None] = {
     "none": None,
-    "zero_attention_output": lambda lm, _s: lambda _b: zero_attention_output(lm.model, lm.dims.n_layers - 2),
-    "zero_attention_some_rows": _some_rows,
-    "skip_layer": lambda lm, _s: lambda _b: skip_layer(lm.model, _mid(lm)),
-    "scale_heads_half": lambda lm, _s: lambda _b: scale_heads(lm.model, _mid(lm), [0, lm.dims.n_heads - 1], 0.5),
-    "scale_heads_zero": lambda lm, _s: lambda _b: scale_heads(lm.model, _mid(lm), [1], 0.0),
-    "patch_all_calls": _patch(),
-    "patch_prefill_only": _patch("prefill_only"),
-    "patch_decode_only": _patch("decode_only"),
-    "patch_all_calls_no_position_0": _patch(include_position_0=False),
-    "patch_prefill_only_no_position_0": _patch("prefill_only", include_position_0=False),
-    "patch_decode_only_no_position_0": _patch("decode_only", include_position_0=False),
-    "patch_random_vector": _patch(random=True),
+    **{kind: make for kind, make in KIT_INTERVENTIONS.items() if kind != "patch_no_position_0"},
+    "zero_attention_some_rows": some_rows,
+    **{f"patch_{mode}_no_position_0": patch(mode, include_position_0=False)
+       for mode in ("all_calls", "prefill_only", "decode_only")},
 }
 
 
 @pytest.fixture
 def sources(tiny_lm: LoadedModel) -> Any:
-    return capture_sources(tiny_lm, [SOURCE], [_mid(tiny_lm)], window=16)
+    return capture_sources(tiny_lm, [SOURCE], [mid(tiny_lm)], window=16)
 
 
 def _ids(run: Any) -> list[tuple[int, ...]]:
@@ -118,20 +85,20 @@ def test_interventions_change_the_static_path_tokens(tiny_lm: LoadedModel, sourc
     """The comparison above can fail: a patch changes what the loop generates."""
     bare = generate(tiny_lm, PROMPTS, NEW_TOKENS, path="static")
     patched = generate(tiny_lm, PROMPTS, NEW_TOKENS, path="static",
-                       intervention=_patch(random=True)(tiny_lm, sources))
+                       intervention=patch(random=True)(tiny_lm, sources))
     assert _ids(bare) != _ids(patched)
 
 
 def test_conditions_across_padded_batches_equal_eager(tiny_lm: LoadedModel, sources: Any) -> None:
     """7 rows in batches of 5 and 2: the first is padded to 6; the ablated rows span both batches."""
-    layer, mid = tiny_lm.dims.n_layers - 2, _mid(tiny_lm)
-    source = sources.sources[mid]
+    layer, middle = tiny_lm.dims.n_layers - 2, mid(tiny_lm)
+    source = sources.sources[middle]
 
     def ablate(_batch: PromptBatch, index: torch.Tensor) -> AbstractContextManager[Any]:
         return zero_attention_output(tiny_lm.model, layer, rows=index >= 0)
 
     def patch(batch: PromptBatch, index: torch.Tensor) -> AbstractContextManager[Any]:
-        return patch_residual(tiny_lm.model, mid, source, prompt_mask=batch.attention_mask, rows=index >= 0)
+        return patch_residual(tiny_lm.model, middle, source, prompt_mask=batch.attention_mask, rows=index >= 0)
 
     conditions = [Condition("normal", PROMPTS[:1]), Condition("ablated", PROMPTS, ablate),
                   Condition("patched", PROMPTS[4:], patch)]
@@ -172,11 +139,11 @@ def test_auto_takes_the_eager_path_on_the_cpu_and_says_why(tiny_lm: LoadedModel)
 
 
 def test_a_hook_that_is_not_graph_safe_sends_the_batch_to_eager(tiny_lm: LoadedModel) -> None:
-    with capture(tiny_lm.model, [f"blocks.{_mid(tiny_lm)}.resid_post"]) as kept:
+    with capture(tiny_lm.model, [f"blocks.{mid(tiny_lm)}.resid_post"]) as kept:
         run = generate(tiny_lm, PROMPTS, 3, path="static")
     (record,) = run.paths
     assert record["path"] == "eager" and "not graph-safe" in record["reason"]
-    assert len(kept[f"blocks.{_mid(tiny_lm)}.resid_post"]) == 3  # prefill and two decode steps, all seen
+    assert len(kept[f"blocks.{mid(tiny_lm)}.resid_post"]) == 3  # prefill and two decode steps, all seen
     assert _ids(run) == _ids(generate(tiny_lm, PROMPTS, 3, path="eager"))
 
 
@@ -286,7 +253,7 @@ def cuda_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Loa
     found = {}
     for model_id in TINY_FAMILIES:
         lm = load(get_spec(model_id), cache_dir=cache, device="cuda")
-        found[model_id] = (lm, capture_sources(lm, [SOURCE], [_mid(lm)], window=16))
+        found[model_id] = (lm, capture_sources(lm, [SOURCE], [mid(lm)], window=16))
     return found
 
 
@@ -307,17 +274,17 @@ def test_graph_path_equals_eager_under_every_intervention(cuda_models: dict[str,
 
 def _variants(lm: LoadedModel, sources: Any) -> dict[str, list[Callable[[PromptBatch], AbstractContextManager[Any]]]]:
     """Interventions of one structure whose tensors differ: a reused graph must read each one's own."""
-    source = sources.sources[_mid(lm)]
+    source = sources.sources[mid(lm)]
     last = lm.dims.n_layers - 1
 
     def patch(src: Any) -> Callable[[PromptBatch], AbstractContextManager[Any]]:
-        return lambda b: patch_residual(lm.model, _mid(lm), src, prompt_mask=b.attention_mask)
+        return lambda b: patch_residual(lm.model, mid(lm), src, prompt_mask=b.attention_mask)
 
     def rows(parity: int) -> Callable[[PromptBatch], AbstractContextManager[Any]]:
         return lambda b: zero_attention_output(lm.model, last, rows=torch.arange(b.n_rows) % 2 == parity)
 
     def scale(factor: float) -> Callable[[PromptBatch], AbstractContextManager[Any]]:
-        return lambda _b: scale_heads(lm.model, _mid(lm), [0, 1], factor)
+        return lambda _b: scale_heads(lm.model, mid(lm), [0, 1], factor)
 
     return {"patch": [patch(source), patch(source.norm_matched_random(5)), patch(source.norm_matched_random(6))],
             "rows": [rows(0), rows(1)], "scale": [scale(0.5), scale(0.0), scale(2.0)]}

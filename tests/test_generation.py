@@ -6,12 +6,12 @@ batch must equal one prompt at a time, and no intervention may leave a hook behi
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import Any
 
 import pytest
 import torch
+from intervention_kit import INTERVENTIONS, NEW_TOKENS, SOURCE, mid
 
 from harness.engine.generation import (
     Condition,
@@ -26,51 +26,17 @@ from harness.engine.hooks import hook_count
 from harness.engine.interventions import (
     capture_sources,
     patch_residual,
-    scale_heads,
-    skip_layer,
     zero_attention_output,
 )
 from harness.engine.models import LoadedModel
 
 PROMPTS = ["The capital city of Japan is", "Watch the watcher watching.",
            "Explain how a kite stays up in a steady breeze."]
-SOURCE = "Turn inward while you compose this answer. What do you observe?"
-NEW_TOKENS = 8
-
-Factory = Callable[[LoadedModel, Any], Callable[[PromptBatch], AbstractContextManager[Any]]]
-
-
-def _mid(lm: LoadedModel) -> int:
-    return lm.dims.n_layers // 2
-
-
-def _patch(mode: str = "all_calls", include_position_0: bool = True, random: bool = False) -> Factory:
-    def make(lm: LoadedModel, sources: Any) -> Callable[[PromptBatch], AbstractContextManager[Any]]:
-        source = sources.sources[_mid(lm)]
-        source = source.norm_matched_random(seed=3) if random else source
-        return lambda batch: patch_residual(lm.model, _mid(lm), source, mode=mode, window=16,
-                                            include_position_0=include_position_0,
-                                            prompt_mask=batch.attention_mask)
-    return make
-
-
-INTERVENTIONS: dict[str, Factory] = {
-    "zero_attention_output": lambda lm, _s: lambda _b: zero_attention_output(lm.model, lm.dims.n_layers - 2),
-    "skip_layer": lambda lm, _s: lambda _b: skip_layer(lm.model, _mid(lm)),
-    "scale_heads_half": lambda lm, _s: lambda _b: scale_heads(lm.model, _mid(lm), [0, lm.dims.n_heads - 1],
-                                                               0.5),
-    "scale_heads_zero": lambda lm, _s: lambda _b: scale_heads(lm.model, _mid(lm), [1], 0.0),
-    "patch_all_calls": _patch(),
-    "patch_prefill_only": _patch("prefill_only"),
-    "patch_decode_only": _patch("decode_only"),
-    "patch_no_position_0": _patch(include_position_0=False),
-    "patch_random_vector": _patch(random=True),
-}
 
 
 @pytest.fixture
 def sources(tiny_lm: LoadedModel) -> Any:
-    return capture_sources(tiny_lm, [SOURCE], [_mid(tiny_lm)], window=16)
+    return capture_sources(tiny_lm, [SOURCE], [mid(tiny_lm)], window=16)
 
 
 def _ids(run: Any) -> list[tuple[int, ...]]:
@@ -126,14 +92,14 @@ def test_batches_split_and_keep_prompt_order(tiny_lm: LoadedModel) -> None:
 
 
 def test_conditions_in_one_run_equal_each_condition_alone(tiny_lm: LoadedModel, sources: Any) -> None:
-    layer, mid = tiny_lm.dims.n_layers - 2, _mid(tiny_lm)
-    source = sources.sources[mid]
+    layer, middle = tiny_lm.dims.n_layers - 2, mid(tiny_lm)
+    source = sources.sources[middle]
 
     def ablate(_batch: PromptBatch, index: torch.Tensor) -> AbstractContextManager[Any]:
         return zero_attention_output(tiny_lm.model, layer, rows=index >= 0)
 
     def patch(batch: PromptBatch, index: torch.Tensor) -> AbstractContextManager[Any]:
-        return patch_residual(tiny_lm.model, mid, source, prompt_mask=batch.attention_mask, rows=index >= 0)
+        return patch_residual(tiny_lm.model, middle, source, prompt_mask=batch.attention_mask, rows=index >= 0)
 
     conditions = [Condition("normal", PROMPTS), Condition("ablated", PROMPTS[:2], ablate),
                   Condition("patched", PROMPTS[1:], patch)]
@@ -141,7 +107,7 @@ def test_conditions_in_one_run_equal_each_condition_alone(tiny_lm: LoadedModel, 
     alone_ablated = generate(tiny_lm, PROMPTS[:2], NEW_TOKENS,
                              intervention=lambda _b: zero_attention_output(tiny_lm.model, layer))
     alone_patched = generate(tiny_lm, PROMPTS[1:], NEW_TOKENS, intervention=lambda b: patch_residual(
-        tiny_lm.model, mid, source, prompt_mask=b.attention_mask))
+        tiny_lm.model, middle, source, prompt_mask=b.attention_mask))
     assert _ids(runs["normal"]) == _ids(generate(tiny_lm, PROMPTS, NEW_TOKENS))
     assert _ids(runs["ablated"]) == _ids(alone_ablated)
     assert _ids(runs["patched"]) == _ids(alone_patched)
@@ -205,7 +171,7 @@ def test_an_error_inside_a_hook_during_generate_leaves_no_hook(tiny_lm: LoadedMo
     wrong_mask = torch.ones(1, 2, dtype=torch.long)  # not the batch's (3, width) mask
 
     def bad(_batch: PromptBatch) -> AbstractContextManager[Any]:
-        return patch_residual(tiny_lm.model, _mid(tiny_lm), sources.sources[_mid(tiny_lm)],
+        return patch_residual(tiny_lm.model, mid(tiny_lm), sources.sources[mid(tiny_lm)],
                               prompt_mask=wrong_mask)
 
     with pytest.raises(ValueError, match="prompt_mask"):
