@@ -11,12 +11,6 @@ from harness.engine.models import LoadedModel
 from harness.plugin.fixtures import ModelCache, protocol_dtype
 
 
-@pytest.fixture(scope="module")
-def measured():
-    """Entropies measured by one claim module's protocols, shared so that each forward runs once per model."""
-    return {}
-
-
 def _loader(model_cache: ModelCache, claim, harness_options, twins: bool = False) -> Callable[[str], LoadedModel]:
     """The model cache's loader in the claim's protocol dtype (of the model's null-weights twin with `twins`)."""
     def load(model_id: str) -> LoadedModel:
@@ -27,10 +21,11 @@ def _loader(model_cache: ModelCache, claim, harness_options, twins: bool = False
 
 
 @pytest.fixture
-def role(lm, model_cache, claim, prompt_bank, harness_options, measured):
-    """A role-conditioning context: the instruct model under test (`lm`) and its base from the model cache."""
+def role(lm, model_cache, claim, prompt_bank, harness_options, claim_cache):
+    """A role-conditioning context: the instruct model under test (`lm`) and its base from the model cache; the
+    module's protocols share their entropies (`claim_cache`), so each forward runs once per model."""
     return RoleContext.for_instruct(claim, lm, _loader(model_cache, claim, harness_options), prompt_bank,
-                                    harness_options.seed, harness_options.batch_size, measured)
+                                    harness_options.seed, harness_options.batch_size, claim_cache)
 
 
 @pytest.fixture

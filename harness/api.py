@@ -2,8 +2,9 @@
 
 This module is the public surface of claim-harness. A claim written against the names below keeps working
 across releases; everything else in the package is internal and may move. docs/writing-a-claim.md shows a
-claim built from them. The pytest fixtures a claim test takes (`lm`, `claim`, `prompt_bank`, `record_claim`,
-`harness_options`, `model_cache`, `published_data`) come from the plugin and are documented there too.
+claim built from them. The pytest fixtures a claim test takes (`lm`, `null_lm`, `claim`, `prompt_bank`,
+`claim_context`, `claim_cache`, `verify_claim`, `record_claim`, `harness_options`, `model_cache`,
+`published_data`) come from the plugin and are documented there too.
 
 Claims and results
     Claim, ClaimError, load_claim: a claim folder's claim.toml, validated.

@@ -17,31 +17,17 @@ from .protocols import PROTOCOLS, REDERIVATIONS, SCHEMA, as_published
 pytestmark = pytest.mark.claim("behavior_transfer_n300", schema=SCHEMA)
 
 
-@pytest.fixture(scope="module")
-def measured():
-    """Sampled arms shared by this module's protocols: one seed-matched generation per model."""
-    return {}
-
-
 @pytest.mark.parametrize("protocol", list(PROTOCOLS))
-def test_behavior_transfer_n300(protocol, lm, claim, prompt_bank, harness_options, record_claim, measured):
-    ctx = api.TransferContext(claim, lm, prompt_bank, harness_options.seed, harness_options.batch_size, measured)
-    result = PROTOCOLS[protocol](ctx)
-    record_claim(result)
-    api.check(result)
+def test_behavior_transfer_n300(protocol, claim_context, verify_claim):
+    verify_claim(PROTOCOLS[protocol](claim_context(api.TransferContext)))
 
 
 @pytest.mark.parametrize("protocol", [api.NULL_WEIGHTS_PROTOCOL])
-def test_null(protocol, lm, null_lm, claim, prompt_bank, harness_options, record_claim, measured):
-    ctx = api.TransferContext(claim, null_lm, prompt_bank, harness_options.seed, harness_options.batch_size,
-                              measured)
-    result = api.null_weights_result(as_published(ctx, api.PUBLISHED_ARMS), lm, null_lm)
-    record_claim(result)
-    api.check(result)
+def test_null(protocol, lm, null_lm, claim_context, verify_claim):
+    ctx = claim_context(api.TransferContext, null_lm)
+    verify_claim(api.null_weights_result(as_published(ctx, api.PUBLISHED_ARMS), lm, null_lm))
 
 
 @pytest.mark.parametrize("protocol", list(REDERIVATIONS))
-def test_rederive(protocol, claim, record_claim):
-    result = REDERIVATIONS[protocol](claim)
-    record_claim(result)
-    api.check(result)
+def test_rederive(protocol, claim, verify_claim):
+    verify_claim(REDERIVATIONS[protocol](claim))

@@ -17,22 +17,14 @@ pytestmark = pytest.mark.claim("layer_pr_profile", schema=SCHEMA)
 
 
 @pytest.mark.parametrize("protocol", list(PROTOCOLS))
-def test_layer_pr_profile(protocol, lm, claim, prompt_bank, harness_options, record_claim):
-    ctx = Context(claim, lm, prompt_bank, harness_options.seed, harness_options.batch_size)
-    result = PROTOCOLS[protocol](ctx)
-    record_claim(result)
-    api.check(result)
+def test_layer_pr_profile(protocol, claim_context, verify_claim):
+    verify_claim(PROTOCOLS[protocol](claim_context(Context)))
 
 
 @pytest.mark.parametrize("protocol", [api.NULL_WEIGHTS_PROTOCOL])
-def test_null(protocol, lm, null_lm, claim, prompt_bank, harness_options, record_claim):
-    ctx = Context(claim, null_lm, prompt_bank, harness_options.seed, harness_options.batch_size)
-    result = api.null_weights_result(as_published(ctx), lm, null_lm)
-    record_claim(result)
-    api.check(result)
+def test_null(protocol, lm, null_lm, claim_context, verify_claim):
+    verify_claim(api.null_weights_result(as_published(claim_context(Context, null_lm)), lm, null_lm))
 
 
-def test_rederive(claim, record_claim):
-    result = rederive(claim)
-    record_claim(result)
-    api.check(result)
+def test_rederive(claim, verify_claim):
+    verify_claim(rederive(claim))

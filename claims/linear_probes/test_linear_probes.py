@@ -10,15 +10,11 @@ from __future__ import annotations
 
 import pytest
 
-from harness import api
-
 from .protocols import PROTOCOLS, SCHEMA, Tables
 
 pytestmark = pytest.mark.claim("linear_probes", schema=SCHEMA)
 
 
 @pytest.mark.parametrize("protocol", list(PROTOCOLS))
-def test_linear_probes(protocol, claim, published_data, record_claim):
-    result = PROTOCOLS[protocol](Tables.of(claim, published_data))
-    record_claim(result)
-    api.check(result)
+def test_linear_probes(protocol, claim, published_data, verify_claim):
+    verify_claim(PROTOCOLS[protocol](Tables.of(claim, published_data)))

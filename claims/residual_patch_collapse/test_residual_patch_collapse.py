@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import pytest
 
-from harness.claimkit.declare import NULL_WEIGHTS_PROTOCOL
+from harness import api
 from harness.claimkit.gen import GenContext
-from harness.claimkit.results import check, null_weights_result
 
 from .protocols import PROTOCOLS, SCHEMA, as_published
 
@@ -19,16 +18,10 @@ pytestmark = pytest.mark.claim("residual_patch_collapse", schema=SCHEMA)
 
 
 @pytest.mark.parametrize("protocol", list(PROTOCOLS))
-def test_residual_patch_collapse(protocol, lm, claim, prompt_bank, harness_options, record_claim):
-    ctx = GenContext(claim, lm, prompt_bank, harness_options.seed, harness_options.batch_size)
-    result = PROTOCOLS[protocol](ctx)
-    record_claim(result)
-    check(result)
+def test_residual_patch_collapse(protocol, claim_context, verify_claim):
+    verify_claim(PROTOCOLS[protocol](claim_context(GenContext)))
 
 
-@pytest.mark.parametrize("protocol", [NULL_WEIGHTS_PROTOCOL])
-def test_null(protocol, lm, null_lm, claim, prompt_bank, harness_options, record_claim):
-    ctx = GenContext(claim, null_lm, prompt_bank, harness_options.seed, harness_options.batch_size)
-    result = null_weights_result(as_published(ctx), lm, null_lm)
-    record_claim(result)
-    check(result)
+@pytest.mark.parametrize("protocol", [api.NULL_WEIGHTS_PROTOCOL])
+def test_null(protocol, lm, null_lm, claim_context, verify_claim):
+    verify_claim(api.null_weights_result(as_published(claim_context(GenContext, null_lm)), lm, null_lm))

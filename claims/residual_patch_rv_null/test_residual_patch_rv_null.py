@@ -16,23 +16,11 @@ from .protocols import PROTOCOLS, SCHEMA, Context, as_published
 pytestmark = pytest.mark.claim("residual_patch_rv_null", schema=SCHEMA)
 
 
-@pytest.fixture(scope="module")
-def measured():
-    """The unpatched targets and the source's residuals, shared by this module's protocols."""
-    return {}
-
-
 @pytest.mark.parametrize("protocol", list(PROTOCOLS))
-def test_residual_patch_rv_null(protocol, lm, claim, prompt_bank, harness_options, record_claim, measured):
-    ctx = Context(claim, lm, prompt_bank, harness_options.seed, harness_options.batch_size, measured)
-    result = PROTOCOLS[protocol](ctx)
-    record_claim(result)
-    api.check(result)
+def test_residual_patch_rv_null(protocol, claim_context, verify_claim):
+    verify_claim(PROTOCOLS[protocol](claim_context(Context)))
 
 
 @pytest.mark.parametrize("protocol", [api.NULL_WEIGHTS_PROTOCOL])
-def test_null(protocol, lm, null_lm, claim, prompt_bank, harness_options, record_claim):
-    ctx = Context(claim, null_lm, prompt_bank, harness_options.seed, harness_options.batch_size)
-    result = api.null_weights_result(as_published(ctx), lm, null_lm)
-    record_claim(result)
-    api.check(result)
+def test_null(protocol, lm, null_lm, claim_context, verify_claim):
+    verify_claim(api.null_weights_result(as_published(claim_context(Context, null_lm)), lm, null_lm))

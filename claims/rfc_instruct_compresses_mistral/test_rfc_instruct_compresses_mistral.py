@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import pytest
 
-from harness.claimkit.declare import NULL_WEIGHTS_PROTOCOL
-from harness.claimkit.results import check, null_weights_result
+from harness import api
 from harness.claimkit.role_controls import PROTOCOLS, SCHEMA
 from harness.claimkit.role_rederive import rederive
 
@@ -20,22 +19,14 @@ pytestmark = pytest.mark.claim("rfc_instruct_compresses_mistral", schema=SCHEMA)
 
 
 @pytest.mark.parametrize("protocol", list(PROTOCOLS))
-def test_rfc_instruct_compresses_mistral(protocol, role, record_claim):
-    result = PROTOCOLS[protocol](role)
-    record_claim(result)
-    if result.get("dropped"):
-        pytest.skip(f"{protocol} dropped on {result['model']}: {result['dropped']}")
-    check(result)
+def test_rfc_instruct_compresses_mistral(protocol, role, verify_claim):
+    verify_claim(PROTOCOLS[protocol](role))
 
 
-@pytest.mark.parametrize("protocol", [NULL_WEIGHTS_PROTOCOL])
-def test_null(protocol, lm, null_lm, null_role, record_claim):
-    result = null_weights_result(PROTOCOLS["as_published"](null_role), lm, null_lm)
-    record_claim(result)
-    check(result)
+@pytest.mark.parametrize("protocol", [api.NULL_WEIGHTS_PROTOCOL])
+def test_null(protocol, lm, null_lm, null_role, verify_claim):
+    verify_claim(api.null_weights_result(PROTOCOLS["as_published"](null_role), lm, null_lm))
 
 
-def test_rederive(claim, published_data, record_claim):
-    result = rederive(claim, published_data)
-    record_claim(result)
-    check(result)
+def test_rederive(claim, published_data, verify_claim):
+    verify_claim(rederive(claim, published_data))

@@ -17,30 +17,16 @@ from .protocols import PROTOCOLS, REDERIVATIONS, SCHEMA, as_published
 pytestmark = pytest.mark.claim("rv_confound_validation", schema=SCHEMA)
 
 
-@pytest.fixture(scope="module")
-def measured():
-    """Captures shared by this module's protocols: one forward pass per model and prompt set."""
-    return {}
-
-
 @pytest.mark.parametrize("protocol", list(PROTOCOLS))
-def test_rv_confound_validation(protocol, lm, claim, prompt_bank, harness_options, record_claim, measured):
-    ctx = api.TableContext(claim, lm, prompt_bank, harness_options.seed, harness_options.batch_size, measured)
-    result = PROTOCOLS[protocol](ctx)
-    record_claim(result)
-    api.check(result)
+def test_rv_confound_validation(protocol, claim_context, verify_claim):
+    verify_claim(PROTOCOLS[protocol](claim_context(api.TableContext)))
 
 
 @pytest.mark.parametrize("protocol", [api.NULL_WEIGHTS_PROTOCOL])
-def test_null(protocol, lm, null_lm, claim, prompt_bank, harness_options, record_claim, measured):
-    ctx = api.TableContext(claim, null_lm, prompt_bank, harness_options.seed, harness_options.batch_size, measured)
-    result = api.null_weights_result(as_published(ctx), lm, null_lm)
-    record_claim(result)
-    api.check(result)
+def test_null(protocol, lm, null_lm, claim_context, verify_claim):
+    verify_claim(api.null_weights_result(as_published(claim_context(api.TableContext, null_lm)), lm, null_lm))
 
 
 @pytest.mark.parametrize("protocol", list(REDERIVATIONS))
-def test_rederive(protocol, claim, record_claim):
-    result = REDERIVATIONS[protocol](claim)
-    record_claim(result)
-    api.check(result)
+def test_rederive(protocol, claim, verify_claim):
+    verify_claim(REDERIVATIONS[protocol](claim))

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from harness.claimkit.declare import NULL_WEIGHTS_PROTOCOL
-from harness.claimkit.results import check, null_weights_result
+from harness import api
 from harness.claimkit.rv import Context, as_published, rederive
 
 from .protocols import PROTOCOLS, SCHEMA
@@ -19,22 +18,14 @@ pytestmark = pytest.mark.claim("rv_contraction", schema=SCHEMA)
 
 
 @pytest.mark.parametrize("protocol", list(PROTOCOLS))
-def test_rv_contraction(protocol, lm, claim, prompt_bank, harness_options, record_claim):
-    ctx = Context(claim, lm, prompt_bank, harness_options.seed, harness_options.batch_size)
-    result = PROTOCOLS[protocol](ctx)
-    record_claim(result)
-    check(result)
+def test_rv_contraction(protocol, claim_context, verify_claim):
+    verify_claim(PROTOCOLS[protocol](claim_context(Context)))
 
 
-@pytest.mark.parametrize("protocol", [NULL_WEIGHTS_PROTOCOL])
-def test_null(protocol, lm, null_lm, claim, prompt_bank, harness_options, record_claim):
-    ctx = Context(claim, null_lm, prompt_bank, harness_options.seed, harness_options.batch_size)
-    result = null_weights_result(as_published(ctx), lm, null_lm)
-    record_claim(result)
-    check(result)
+@pytest.mark.parametrize("protocol", [api.NULL_WEIGHTS_PROTOCOL])
+def test_null(protocol, lm, null_lm, claim_context, verify_claim):
+    verify_claim(api.null_weights_result(as_published(claim_context(Context, null_lm)), lm, null_lm))
 
 
-def test_rederive(claim, published_data, record_claim):
-    result = rederive(claim, published_data)
-    record_claim(result)
-    check(result)
+def test_rederive(claim, published_data, verify_claim):
+    verify_claim(rederive(claim, published_data))

@@ -16,29 +16,15 @@ from .protocols import PROTOCOLS, SCHEMA, Context, as_published, rederive
 pytestmark = pytest.mark.claim("rv_l27_patch_transfer_n45", schema=SCHEMA)
 
 
-@pytest.fixture(scope="module")
-def measured():
-    """The pairs' forward passes, shared by this module's protocols (one set per model)."""
-    return {}
-
-
 @pytest.mark.parametrize("protocol", list(PROTOCOLS))
-def test_rv_l27_patch_transfer_n45(protocol, lm, claim, prompt_bank, harness_options, record_claim, measured):
-    ctx = Context(claim, lm, prompt_bank, harness_options.seed, harness_options.batch_size, measured)
-    result = PROTOCOLS[protocol](ctx)
-    record_claim(result)
-    api.check(result)
+def test_rv_l27_patch_transfer_n45(protocol, claim_context, verify_claim):
+    verify_claim(PROTOCOLS[protocol](claim_context(Context)))
 
 
 @pytest.mark.parametrize("protocol", [api.NULL_WEIGHTS_PROTOCOL])
-def test_null(protocol, lm, null_lm, claim, prompt_bank, harness_options, record_claim):
-    ctx = Context(claim, null_lm, prompt_bank, harness_options.seed, harness_options.batch_size)
-    result = api.null_weights_result(as_published(ctx), lm, null_lm)
-    record_claim(result)
-    api.check(result)
+def test_null(protocol, lm, null_lm, claim_context, verify_claim):
+    verify_claim(api.null_weights_result(as_published(claim_context(Context, null_lm)), lm, null_lm))
 
 
-def test_rederive(claim, record_claim):
-    result = rederive(claim)
-    record_claim(result)
-    api.check(result)
+def test_rederive(claim, verify_claim):
+    verify_claim(rederive(claim))

@@ -6,7 +6,7 @@ selects no claim reads no claim file, loads no model and writes no report. Its p
 - options.py     command-line options, checked when given; the run's Options, built when a claim needs them
 - usermodels.py  the models a run may use (registry, --model, --model-registry, --pair) and selects
 - collection.py  claim discovery (claim.toml beside the test module), model parametrization, item identity
-- fixtures.py    lm, claim, prompt_bank, published_data, record_claim, ...
+- fixtures.py    lm, claim, prompt_bank, published_data, record_claim, claim_context, verify_claim, ...
 - collector.py   the controller's JSON report, HTML page and terminal summary (summary.py: closing lines)
 """
 
@@ -22,6 +22,8 @@ from harness.plugin.collection import (
 from harness.plugin.collector import PlanSender, ReportCollector
 from harness.plugin.fixtures import (
     claim,
+    claim_cache,
+    claim_context,
     harness_options,
     lm,
     model_cache,
@@ -31,12 +33,14 @@ from harness.plugin.fixtures import (
     published_data,
     published_dir,
     record_claim,
+    verify_claim,
 )
 from harness.plugin.options import check_given, pytest_addoption
 
-__all__ = ["claim", "harness_options", "lm", "model_cache", "model_id", "null_lm", "prompt_bank", "published_data",
-           "published_dir", "pytest_addoption", "pytest_collection_finish", "pytest_collection_modifyitems",
-           "pytest_configure", "pytest_generate_tests", "record_claim"]
+__all__ = ["claim", "claim_cache", "claim_context", "harness_options", "lm", "model_cache", "model_id", "null_lm",
+           "prompt_bank", "published_data", "published_dir", "pytest_addoption", "pytest_collection_finish",
+           "pytest_collection_modifyitems", "pytest_configure", "pytest_generate_tests", "record_claim",
+           "verify_claim"]
 
 
 def pytest_configure(config: pytest.Config) -> None:

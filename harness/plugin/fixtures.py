@@ -1,12 +1,14 @@
-"""The fixtures a claim test module takes: the model under test, its claim, prompt bank and the recorder."""
+"""The fixtures a claim test module takes: the model under test, its claim, prompt bank, the recorder, and the
+two that wire a protocol to them (`claim_context`, `verify_claim`)."""
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import pytest
 
@@ -21,6 +23,7 @@ if TYPE_CHECKING:
     from harness.plugin.options import Options
 
 RESULT_KEY = "claim_harness.result"  # the user_property that carries one protocol result
+C = TypeVar("C")
 
 
 class ModelCache:
@@ -273,3 +276,41 @@ def record_claim(request: pytest.FixtureRequest, record_property: Any) -> Callab
                 record_property(f"{result['protocol']}.{key}", value)
         request.node.user_properties.append((RESULT_KEY, result))
     return record
+
+
+@pytest.fixture(scope="module")
+def claim_cache() -> dict[Hashable, Any]:
+    """What one claim module's protocols share on a model (captures, generations), so that each runs once per
+    model: the `cache` that `claim_context` hands to a context that takes one."""
+    return {}
+
+
+@pytest.fixture
+def claim_context(lm: LoadedModel, claim: Claim, prompt_bank: PromptBank, harness_options: Options,
+                  claim_cache: dict[Hashable, Any]) -> Callable[..., Any]:
+    """claim_context(Context) builds `Context(claim, lm, prompt_bank, seed, batch_size)` for this test, with
+    `cache=claim_cache` where the class takes a `cache` (api.ModelContext and its subclasses do).
+    claim_context(Context, null_lm) builds it on another model, the null-weights twin, with a cache of its own:
+    a twin shares its model's id, so it must never be handed the model's measurements."""
+    def build(cls: Callable[..., C], model: LoadedModel | None = None) -> C:
+        takes_cache = "cache" in inspect.signature(cls).parameters
+        cache = {} if model is not None and model is not lm else claim_cache
+        return cls(claim, model or lm, prompt_bank, harness_options.seed, harness_options.batch_size,
+                   **({"cache": cache} if takes_cache else {}))
+    return build
+
+
+@pytest.fixture
+def verify_claim(record_claim: Callable[[dict[str, Any]], None]) -> Callable[[dict[str, Any]], None]:
+    """verify_claim(result): how a claim test ends. The result goes to the report (`record_claim`); a control
+    the claim dropped on this model (it would repeat as_published there; `result["dropped"]` says why) is
+    skipped, recorded as dropped and never counted; any other result is checked with `api.check`: well formed
+    everywhere, and on the published model its criterion holds."""
+    from harness.claimkit.results import check
+
+    def verify(result: dict[str, Any]) -> None:
+        record_claim(result)
+        if result.get("dropped"):
+            pytest.skip(f"{result['protocol']} dropped on {result['model']}: {result['dropped']}")
+        check(result)
+    return verify
