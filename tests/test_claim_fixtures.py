@@ -90,6 +90,8 @@ def test_verify_claim_records_then_skips_a_dropped_control_and_fails_a_malformed
     result.assert_outcomes(skipped=2, failed=2)
     text = "\n".join(result.outlines)
     assert "control:a dropped on tiny-mistral-instruct: it would repeat as_published on this model" in text
+    skips = [line for line in result.outlines if line.startswith("SKIPPED")]
+    assert len(skips) == 2 and all("demo_claim/test_demo_claim.py:" in line for line in skips), skips  # the test's line
     assert "passed = 'maybe'; allowed: True, False, None" in text
     report = json.loads((pytester.path / "results" / "claims.json").read_text(encoding="utf-8"))
     recorded = {(r["model"], r["protocol"]): r for r in report["results"]}

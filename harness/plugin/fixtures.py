@@ -309,6 +309,7 @@ def verify_claim(record_claim: Callable[[dict[str, Any]], None]) -> Callable[[di
     from harness.claimkit.results import check
 
     def verify(result: dict[str, Any]) -> None:
+        __tracebackhide__ = True  # a skip or a failed check is reported at the claim test's line
         record_claim(result)
         if result.get("dropped"):
             pytest.skip(f"{result['protocol']} dropped on {result['model']}: {result['dropped']}")
