@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from harness.engine.generation import PromptBatch
+from harness.engine.generation import PromptBatch, RowEdit
 from harness.engine.interventions import patch_residual, scale_heads, skip_layer, zero_attention_output
 from harness.engine.models import LoadedModel
 
@@ -57,3 +57,18 @@ INTERVENTIONS: dict[str, Factory] = {
     "patch_no_position_0": patch(include_position_0=False),
     "patch_random_vector": patch(random=True),
 }
+
+
+def row_edits(lm: LoadedModel, sources: Any) -> dict[str, RowEdit]:
+    """Row edits for `generate_conditions`: "ablated" zeroes attention at the second-to-last layer, "patched"
+    writes the captured source at the middle layer, each on its condition's rows only."""
+    layer, middle = lm.dims.n_layers - 2, mid(lm)
+    source = sources.sources[middle]
+
+    def ablate(_batch: PromptBatch, index: torch.Tensor) -> AbstractContextManager[Any]:
+        return zero_attention_output(lm.model, layer, rows=index >= 0)
+
+    def patched(batch: PromptBatch, index: torch.Tensor) -> AbstractContextManager[Any]:
+        return patch_residual(lm.model, middle, source, prompt_mask=batch.attention_mask, rows=index >= 0)
+
+    return {"ablated": ablate, "patched": patched}

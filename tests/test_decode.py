@@ -17,7 +17,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from intervention_kit import INTERVENTIONS as KIT_INTERVENTIONS
-from intervention_kit import NEW_TOKENS, SOURCE, Factory, mid, patch, some_rows
+from intervention_kit import NEW_TOKENS, SOURCE, Factory, mid, patch, row_edits, some_rows
 
 from harness.engine import decode
 from harness.engine.generation import (
@@ -91,17 +91,9 @@ def test_interventions_change_the_static_path_tokens(tiny_lm: LoadedModel, sourc
 
 def test_conditions_across_padded_batches_equal_eager(tiny_lm: LoadedModel, sources: Any) -> None:
     """7 rows in batches of 5 and 2: the first is padded to 6; the ablated rows span both batches."""
-    layer, middle = tiny_lm.dims.n_layers - 2, mid(tiny_lm)
-    source = sources.sources[middle]
-
-    def ablate(_batch: PromptBatch, index: torch.Tensor) -> AbstractContextManager[Any]:
-        return zero_attention_output(tiny_lm.model, layer, rows=index >= 0)
-
-    def patch(batch: PromptBatch, index: torch.Tensor) -> AbstractContextManager[Any]:
-        return patch_residual(tiny_lm.model, middle, source, prompt_mask=batch.attention_mask, rows=index >= 0)
-
-    conditions = [Condition("normal", PROMPTS[:1]), Condition("ablated", PROMPTS, ablate),
-                  Condition("patched", PROMPTS[4:], patch)]
+    edits = row_edits(tiny_lm, sources)
+    conditions = [Condition("normal", PROMPTS[:1]), Condition("ablated", PROMPTS, edits["ablated"]),
+                  Condition("patched", PROMPTS[4:], edits["patched"])]
     eager = generate_conditions(tiny_lm, conditions, NEW_TOKENS, batch_size=5, path="eager")
     static = generate_conditions(tiny_lm, conditions, NEW_TOKENS, batch_size=5, path="static")
     for name in eager:

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 import torch
-from intervention_kit import INTERVENTIONS, NEW_TOKENS, SOURCE, mid
+from intervention_kit import INTERVENTIONS, NEW_TOKENS, SOURCE, mid, row_edits
 
 from harness.engine.generation import (
     Condition,
@@ -93,16 +93,9 @@ def test_batches_split_and_keep_prompt_order(tiny_lm: LoadedModel) -> None:
 
 def test_conditions_in_one_run_equal_each_condition_alone(tiny_lm: LoadedModel, sources: Any) -> None:
     layer, middle = tiny_lm.dims.n_layers - 2, mid(tiny_lm)
-    source = sources.sources[middle]
-
-    def ablate(_batch: PromptBatch, index: torch.Tensor) -> AbstractContextManager[Any]:
-        return zero_attention_output(tiny_lm.model, layer, rows=index >= 0)
-
-    def patch(batch: PromptBatch, index: torch.Tensor) -> AbstractContextManager[Any]:
-        return patch_residual(tiny_lm.model, middle, source, prompt_mask=batch.attention_mask, rows=index >= 0)
-
-    conditions = [Condition("normal", PROMPTS), Condition("ablated", PROMPTS[:2], ablate),
-                  Condition("patched", PROMPTS[1:], patch)]
+    source, edits = sources.sources[middle], row_edits(tiny_lm, sources)
+    conditions = [Condition("normal", PROMPTS), Condition("ablated", PROMPTS[:2], edits["ablated"]),
+                  Condition("patched", PROMPTS[1:], edits["patched"])]
     runs = generate_conditions(tiny_lm, conditions, NEW_TOKENS, batch_size=4)
     alone_ablated = generate(tiny_lm, PROMPTS[:2], NEW_TOKENS,
                              intervention=lambda _b: zero_attention_output(tiny_lm.model, layer))
