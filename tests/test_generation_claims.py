@@ -8,7 +8,6 @@ both hold on any model, so both are asserted here exactly.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,12 +20,14 @@ from claims.residual_patch_collapse.protocols import PROTOCOLS as PATCH
 from harness.analysis.textmetrics import published_repetition
 from harness.claimkit.gen import GenContext
 from harness.claimkit.prompts import PromptBank, bank_for
+from harness.claimkit.published import verified_table
 from harness.claimkit.registry import get_claim
 from harness.claimkit.results import check
 from harness.engine.models import LoadedModel
 from harness.report.document import aggregate, summary_rows
+from harness.resources import published_dir
 
-PUBLISHED = Path(__file__).resolve().parents[2] / "shared" / "published"
+PUBLISHED = published_dir()  # the vendored tables (fixtures/published, checked against MANIFEST.toml)
 L31_ID, PATCH_ID = "l31_ablation_repetition", "residual_patch_collapse"
 
 
@@ -115,10 +116,7 @@ def test_too_small_a_bank_is_inconclusive_with_a_reason(tiny_lm: LoadedModel, cl
 ])
 def test_published_figures_match_the_published_data(claim_id: str, section_keys: dict[str, str]) -> None:
     claim = get_claim(claim_id)
-    path = PUBLISHED / claim.published["data_file"]
-    if not path.exists():
-        pytest.skip(f"published data not found at {PUBLISHED}; it lives in ../shared/published beside the "
-                    "checkout")
+    path = verified_table(PUBLISHED, claim.published["data_file"])
     section = json.loads(path.read_text(encoding="utf-8"))[claim.published["data_section"]]
     for ours, theirs in section_keys.items():
         assert claim.published[ours] == section[theirs]

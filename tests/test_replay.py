@@ -193,7 +193,11 @@ def test_bad_tables_name_the_file_the_cell_and_the_fix(tmp_path: Path, edit: Any
 def test_cli_errors_exit_2_with_a_message(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     missing = tmp_path / "absent.csv"
     assert main(["rfc", str(missing)]) == 2
-    assert f"{missing}: no such file" in capsys.readouterr().err
+    said = capsys.readouterr().err
+    assert f"{missing}: no such file" in said
+    hint = "fixtures/published/role-conditioning_mistral_detailed_comparison.csv"  # the vendored table, in every clone
+    assert hint in said and (Path(__file__).resolve().parents[1] / hint).is_file()
+    assert "shared" not in said
     assert main(["entropy", "x.csv"]) == 2
     assert "unknown subject 'entropy'; available: rfc" in capsys.readouterr().err
     truncated = edit_lines(write_table(tmp_path / "t.csv"), lambda lines: [*lines[:-1], lines[-1][:20]])

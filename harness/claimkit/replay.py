@@ -84,7 +84,8 @@ def _number(path: Path, row: int, column: str, text: str | None) -> float:
 def _rows(path: Path) -> tuple[list[str], list[dict[str | Any, str | None]]]:
     if not path.is_file():
         raise ReplayError(f"{path}: no such file; pass the path of a detailed_comparison CSV "
-                          "(e.g. ../shared/published/role-conditioning_mistral_detailed_comparison.csv)")
+                          "(the harness ships the sources' tables in fixtures/published/, e.g. "
+                          "fixtures/published/role-conditioning_mistral_detailed_comparison.csv)")
     with path.open(newline="", encoding="utf-8") as handle:
         reader = csv.DictReader(handle)
         rows = list(reader)
@@ -92,7 +93,8 @@ def _rows(path: Path) -> tuple[list[str], list[dict[str | Any, str | None]]]:
     missing = [c for c in REQUIRED_COLUMNS if c not in header]
     if missing:
         raise ReplayError(f"{path}: missing column(s) {missing}; a detailed_comparison table needs "
-                          f"{list(REQUIRED_COLUMNS)} (see ../shared/published/README.md)")
+                          f"{list(REQUIRED_COLUMNS)}, as the vendored "
+                          "fixtures/published/role-conditioning_*_detailed_comparison.csv tables do")
     if not rows:
         raise ReplayError(f"{path}: the table has a header but no rows; pass a table with one row per layer")
     return header, rows
