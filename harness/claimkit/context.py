@@ -1,7 +1,7 @@
 """What a claim's protocols share about one run on one model: the claim, the model, its prompt bank, the seed,
 the batch size and a cache the module's protocols share (a fixture's dict), with the published-to-model layer
 map, the prompt format the claim's [protocol] table names, and the smaller sizes a table may give for runs that
-only check the protocol (`Sized`). Claims subclass ModelContext with their own sites."""
+only check the protocol. Claims subclass ModelContext with their own sites (GenContext does, for generation)."""
 
 from __future__ import annotations
 
@@ -31,13 +31,19 @@ def _changes(published: dict[str, Any], here: dict[str, Any], where: str) -> lis
             if key != "sizes" and published.get(key) != value]
 
 
-class Sized:
-    """`sizes` overrides of a claim's [protocol] and [controls.<name>] tables for smaller runs: a table's
-    `sizes = { stand_in = {...}, cpu = {...} }` applies on tiny stand-ins and on CPU real weights (`-m real`);
-    published models (and any GPU model) run the published sizes. Needs `claim` and `lm` attributes."""
+@dataclass(frozen=True)
+class ModelContext:
+    """The shared fields, the layer map and the prompt format, and the `sizes` overrides of a claim's
+    [protocol] and [controls.<name>] tables for smaller runs: a table's `sizes = { stand_in = {...}, cpu = {...} }`
+    applies on tiny stand-ins and on CPU real weights (`-m real`); published models (and any GPU model) run the
+    published sizes."""
 
     claim: Claim
     lm: LoadedModel
+    bank: PromptBank
+    seed: int = 0
+    batch_size: int = 32
+    cache: dict[Hashable, Any] = field(default_factory=dict)
 
     @property
     def params(self) -> dict[str, Any]:
@@ -57,16 +63,6 @@ class Sized:
         if not said:
             return ()
         return (f"sized for a protocol check on this model: {', '.join(said)}; the tables' `sizes`",)
-
-
-@dataclass(frozen=True)
-class ModelContext(Sized):
-    claim: Claim
-    lm: LoadedModel
-    bank: PromptBank
-    seed: int = 0
-    batch_size: int = 32
-    cache: dict[Hashable, Any] = field(default_factory=dict)
 
     @property
     def fmt(self) -> PromptFormat:

@@ -16,38 +16,21 @@ from typing import Any
 import numpy as np
 
 from harness.analysis import stats
-from harness.claimkit.context import Sized
+from harness.claimkit.context import ModelContext
 from harness.claimkit.declare import protocol_kind
-from harness.claimkit.prompts import PromptBank
 from harness.claimkit.registry import Claim, Criterion
 from harness.claimkit.results import protocol_result
-from harness.engine.formatting import PromptFormat
 from harness.engine.generation import Condition, GenerationRun, Intervention, RowEdit, generate, generate_conditions
-from harness.engine.models import LoadedModel
-from harness.engine.sites import map_layer
 
 
 @dataclass(frozen=True)
-class GenContext(Sized):
-    """What every generation protocol needs."""
+class GenContext(ModelContext):
+    """What every generation protocol needs: a ModelContext whose `batch_size` is the prompts per forward pass
+    (source captures, as --claim-batch-size) and whose `cache` holds the generations a module's protocols share
+    (run_keyed)."""
 
-    claim: Claim
-    lm: LoadedModel
-    bank: PromptBank
-    seed: int = 0
-    batch_size: int = 32  # prompts per forward pass (source captures), as --claim-batch-size
     generate_batch_size: int = 1024  # rows per generate call: each holds only prompt + new tokens of KV cache
     paths: list[dict[str, Any]] = field(default_factory=list)  # how each generated batch ran (PathRecord dicts)
-    cache: dict[Any, Any] = field(default_factory=dict)  # generations shared by a module's protocols (run_keyed)
-
-    @property
-    def fmt(self) -> PromptFormat:
-        """The protocol's prompt format: [protocol].chat_template and .bos."""
-        return PromptFormat.of(self.claim.protocol)
-
-    def layer(self, published: int) -> int:
-        """A published layer index mapped to this model by relative depth."""
-        return map_layer(published, self.claim.published_n_layers, self.lm.dims.n_layers)
 
     def prompts(self, categories: Sequence[str], limit: int | None = None) -> list[str]:
         found = [p for name in categories for p in self.bank.category(name)]
