@@ -40,7 +40,6 @@ STRUCTURAL = {"0", "1", "2", "-1", "0.0", "1.0", "2.0"}
 ALLOWED = {  # (module, literal): why it is not a published figure
     ("harness/analysis/textmetrics.py", "3"): "the calibrated repeated-n-gram metric's default n, this project's",
     ("harness/claimkit/rv.py", "32"): "a batch size default",
-    ("harness/claimkit/gen.py", "32"): "a batch size default",
     ("harness/claimkit/gen.py", "1024"): "a generation batch size default",
     ("harness/claimkit/rvpatch.py", "32"): "a batch size default",
     ("harness/claimkit/context.py", "32"): "a batch size default",
